@@ -1,0 +1,127 @@
+//! Errors the proxy itself answers with, mapped to status codes in one place.
+//!
+//! The body follows the shape of Forge's own 500 answers (`error`, `detail`, `body`,
+//! `message`) plus A1111's `errors`, so existing clients show the text to their users.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::StatusCode;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("backend {backend} is unreachable: {reason}")]
+    BackendUnreachable { backend: String, reason: String },
+
+    #[error("backend {backend} did not answer {method} {path} within {}", humantime::format_duration(*.after))]
+    BackendTimeout {
+        backend: String,
+        method: String,
+        path: String,
+        after: Duration,
+    },
+
+    #[error("backend {backend} failed while answering {method} {path}: {reason}")]
+    BackendFailed {
+        backend: String,
+        method: String,
+        path: String,
+        reason: String,
+    },
+
+    #[error("request body is larger than the limit of {limit} bytes (limits.max_request_body)")]
+    BodyTooLarge { limit: u64 },
+
+    #[error("no route {path} under the proxy's reserved prefix /proxy/")]
+    UnknownProxyRoute { path: String },
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BackendUnreachable { .. } | Self::BackendFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The `error` field: a stable name clients can match on, like Forge's exception names.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::BackendUnreachable { .. } => "BackendUnreachable",
+            Self::BackendTimeout { .. } => "BackendTimeout",
+            Self::BackendFailed { .. } => "BackendFailed",
+            Self::BodyTooLarge { .. } => "PayloadTooLarge",
+            Self::UnknownProxyRoute { .. } => "NotFound",
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let message = format!("forge-vram-proxy: {self}");
+        let body = json!({
+            "error": self.kind(),
+            "detail": message,
+            "body": "",
+            "message": message,
+            "errors": message,
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        response.headers_mut().insert(
+            "x-forge-proxy-error",
+            http::HeaderValue::from_static("true"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(error: ProxyError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn timeout_is_504_in_forge_error_shape() {
+        let (status, body) = body_of(ProxyError::BackendTimeout {
+            backend: "http://gpu:7860".into(),
+            method: "GET".into(),
+            path: "/sdapi/v1/progress".into(),
+            after: Duration::from_millis(1500),
+        })
+        .await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        let text = "forge-vram-proxy: backend http://gpu:7860 did not answer GET /sdapi/v1/progress within 1s 500ms";
+        assert_eq!(
+            body,
+            json!({"error": "BackendTimeout", "detail": text, "body": "", "message": text, "errors": text})
+        );
+    }
+
+    #[tokio::test]
+    async fn each_error_has_its_status() {
+        let unreachable = ProxyError::BackendUnreachable {
+            backend: "b".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(body_of(unreachable).await.0, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            body_of(ProxyError::BodyTooLarge { limit: 10 }).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let unknown = ProxyError::UnknownProxyRoute {
+            path: "/proxy/x".into(),
+        };
+        assert_eq!(body_of(unknown).await.0, StatusCode::NOT_FOUND);
+    }
+}

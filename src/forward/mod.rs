@@ -1,0 +1,230 @@
+//! Forwarding a request to a Forge backend and its answer back, streaming both ways.
+//!
+//! - [`hop`]: hop-by-hop headers (RFC 9110 §7.6.1).
+//! - [`forwarding`]: `X-Forwarded-*`.
+//! - [`upgrade`]: websocket and other `Upgrade` tunnels.
+
+pub mod forwarding;
+pub mod hop;
+pub mod upgrade;
+
+use std::error::Error as StdError;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{LengthLimitError, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Backend, Config};
+use crate::error::ProxyError;
+
+/// How long an idle pooled connection to a backend is kept. uvicorn closes idle
+/// keep-alive connections after 5 s, so a shorter idle time avoids reusing a closing socket.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The HTTP/1.1 client with its connection pool, shared by every request.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    max_request_body: u64,
+}
+
+/// What a single forward needs besides the request.
+pub struct Route<'a> {
+    pub backend: &'a Backend,
+    /// Limit for the backend's response headers; `None` waits as long as it takes.
+    pub timeout: Option<Duration>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Forwarder {
+    pub fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(config.timeouts.connect);
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self {
+            client,
+            max_request_body: config.max_request_body,
+        }
+    }
+
+    /// Sends `request` to the route's backend and returns its response with a streaming body.
+    pub async fn forward(
+        &self,
+        route: Route<'_>,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_request_body) {
+            return Err(ProxyError::BodyTooLarge {
+                limit: self.max_request_body,
+            });
+        }
+
+        let method = request.method().to_string();
+        let path = request.uri().path().to_owned();
+        let upgrade = hop::requested_upgrade(request.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+        let (mut parts, body) = request.into_parts();
+        parts.uri = backend_uri(route.backend, &parts.uri)?;
+        parts.version = Version::HTTP_11;
+        hop::strip_hop_by_hop(&mut parts.headers);
+        forwarding::add_forwarded_headers(&mut parts.headers, route.client_ip);
+        if !route.backend.preserve_host {
+            let host = HeaderValue::from_str(route.backend.authority.as_str())
+                .map_err(|e| failed(route.backend, &method, &path, &e))?;
+            parts.headers.insert(header::HOST, host);
+        }
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        let body = Body::new(Limited::new(body, to_usize(self.max_request_body)));
+        let outbound = Request::from_parts(parts, body);
+
+        let sent = self.client.request(outbound);
+        let result =
+            match route.timeout {
+                Some(after) => tokio::time::timeout(after, sent).await.map_err(|_| {
+                    ProxyError::BackendTimeout {
+                        backend: route.backend.url.clone(),
+                        method: method.clone(),
+                        path: path.clone(),
+                        after,
+                    }
+                })?,
+                None => sent.await,
+            };
+        let mut response = result.map_err(|e| self.classify(route.backend, &method, &path, &e))?;
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+                return Ok(response.map(Body::new));
+            }
+        }
+        hop::strip_hop_by_hop(response.headers_mut());
+        Ok(response.map(Body::new))
+    }
+
+    fn classify(
+        &self,
+        backend: &Backend,
+        method: &str,
+        path: &str,
+        error: &hyper_util::client::legacy::Error,
+    ) -> ProxyError {
+        if source_is::<LengthLimitError>(error) {
+            return ProxyError::BodyTooLarge {
+                limit: self.max_request_body,
+            };
+        }
+        if error.is_connect() {
+            return ProxyError::BackendUnreachable {
+                backend: backend.url.clone(),
+                reason: root_cause(error),
+            };
+        }
+        tracing::warn!(backend = %backend.url, error = ?error, "backend request failed");
+        failed(backend, method, path, error)
+    }
+
+    /// Whether the backend answers HTTP at all (any status counts).
+    pub async fn probe(&self, backend: &Backend, timeout: Duration) -> Result<(), String> {
+        let uri = backend_uri(backend, &Uri::from_static("/sdapi/v1/progress"))
+            .map_err(|e| e.to_string())?;
+        let request = Request::get(uri)
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(root_cause(&e)),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )),
+        }
+    }
+}
+
+fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> ProxyError {
+    ProxyError::BackendFailed {
+        backend: backend.url.clone(),
+        method: method.to_owned(),
+        path: path.to_owned(),
+        reason: root_cause(error),
+    }
+}
+
+/// The backend URI for a request URI: the backend's scheme, authority and path prefix,
+/// then the request's path and query exactly as the client sent them.
+fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme(backend.scheme.clone())
+        .authority(backend.authority.clone())
+        .path_and_query(format!("{}{}", backend.base_path, path_and_query))
+        .build()
+        .map_err(|e| ProxyError::BackendFailed {
+            backend: backend.url.clone(),
+            method: String::new(),
+            path: uri.path().to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn source_is<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// The innermost cause's text, e.g. "Connection refused (os error 111)".
+fn root_cause(error: &dyn StdError) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_toml_str;
+
+    #[test]
+    fn backend_uri_keeps_path_and_query_bytes_and_adds_prefix() {
+        let config = from_toml_str("[[backends]]\nurl = \"http://gpu:7861/forge\"\n").unwrap();
+        let uri: Uri = "/sdapi/v1/options?a=1&b=%20x".parse().unwrap();
+        assert_eq!(
+            backend_uri(&config.backends[0], &uri).unwrap().to_string(),
+            "http://gpu:7861/forge/sdapi/v1/options?a=1&b=%20x"
+        );
+    }
+}

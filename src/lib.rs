@@ -1,0 +1,29 @@
+//! forge-vram-proxy: a reverse proxy in front of Stable Diffusion WebUI Forge.
+//!
+//! Clients talk to the proxy exactly as they would to Forge. Everything passes through
+//! unchanged and streaming; generation requests (`txt2img`, `img2img`) have their own
+//! route, where the proxy sets Forge's GPU memory for the model before forwarding.
+//!
+//! # Layout
+//! - [`config`]: defaults, TOML file, environment and flags, validated into [`Config`].
+//! - [`routes`]: the router: `/proxy/*` own routes, generations, pass-through.
+//! - [`generation`]: what happens to a generation request before it is forwarded.
+//! - [`forward`]: the streaming forwarder (hop-by-hop headers, `X-Forwarded-*`, upgrades).
+//! - [`error`]: the proxy's own errors and their status codes, in Forge's error shape.
+//! - [`observe`]: tracing set-up and the access log.
+//! - [`server`]: [`run`] with graceful shutdown.
+//! - [`state`]: [`AppState`], shared by every handler.
+
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod generation;
+pub mod observe;
+pub mod routes;
+pub mod server;
+pub mod state;
+
+pub use config::Config;
+pub use routes::app;
+pub use server::run;
+pub use state::AppState;

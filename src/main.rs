@@ -1,0 +1,121 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use forge_vram_proxy::config::{self, OverrideLog, Overrides};
+use forge_vram_proxy::observe::init_tracing;
+use forge_vram_proxy::server::{check_health, shutdown_signal};
+use forge_vram_proxy::Config;
+
+/// A reverse proxy for Stable Diffusion WebUI Forge that sets GPU memory per model.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML). Without one, the embedded defaults serve Forge at 127.0.0.1:7860.
+    #[arg(long, global = true, env = "FORGE_VRAM_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7870].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Forge backend URL [default: http://127.0.0.1:7860].
+    #[arg(
+        long = "backend",
+        env = "FORGE_VRAM_PROXY_BACKEND",
+        value_delimiter = ','
+    )]
+    backends: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print the effective one.
+    CheckConfig {
+        /// Config file to check (same as --config).
+        file: Option<PathBuf>,
+    },
+    /// Exit 0 when the proxy listening at the configured address answers /proxy/health
+    /// (for container health checks).
+    Health,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen.clone(),
+        backends: Overrides::backend_urls(&cli.backends),
+        log: cli.log_format.clone().map(|format| OverrideLog { format }),
+    };
+    let file = match &cli.command {
+        Some(Command::CheckConfig { file: Some(file) }) => Some(file.clone()),
+        _ => cli.config.clone(),
+    };
+    let config = match config::load(file.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("forge-vram-proxy: invalid configuration:");
+            for line in &errors.0 {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("forge-vram-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::CheckConfig { .. }) => {
+            println!("# configuration is valid; effective values:");
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Health) => {
+            let timeout = std::time::Duration::from_secs(3);
+            match runtime.block_on(check_health(config.listen, timeout)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("forge-vram-proxy: unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            init_tracing(config.log_format, &config.log_level);
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let backends: Vec<&str> = config.backends.iter().map(|b| b.url.as_str()).collect();
+    tracing::info!(addr = %addr, backends = ?backends, "listening");
+    match forge_vram_proxy::run(listener, config, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

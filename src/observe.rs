@@ -1,0 +1,133 @@
+//! Logs: tracing set-up and one access-log line per request, written when its response
+//! body has been sent (so the line carries the real byte count and duration).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Frame, SizeHint};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Request ids travel in this header: accepted from the client, else generated, and forwarded.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`.
+pub fn init_tracing(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Middleware: one access-log line per request. Logs the path without its query string
+/// and no headers, so credentials, cookies and tokens never reach the log.
+pub async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let response = next.run(request).await;
+    let mut entry = AccessEntry {
+        started,
+        method,
+        path,
+        request_id,
+        status: response.status(),
+        bytes: 0,
+        complete: false,
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The tunnel's bytes are not HTTP body bytes; the upgrade itself is the request.
+        entry.complete = true;
+        return response;
+    }
+    response.map(|inner| Body::new(LoggedBody { inner, entry }))
+}
+
+struct AccessEntry {
+    started: Instant,
+    method: Method,
+    path: String,
+    request_id: String,
+    status: StatusCode,
+    bytes: u64,
+    /// False when the client went away before the whole body was sent.
+    complete: bool,
+}
+
+impl Drop for AccessEntry {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+            complete = self.complete,
+            request_id = %self.request_id,
+            "request"
+        );
+    }
+}
+
+/// A response body that counts what passes through it; its [`AccessEntry`] logs on drop.
+struct LoggedBody {
+    inner: Body,
+    entry: AccessEntry,
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended, so check here as well.
+        self.entry.complete |= http_body::Body::is_end_stream(&self.inner);
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        // `Body` is Unpin, so no pin projection is needed.
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.entry.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.entry.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

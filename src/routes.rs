@@ -1,0 +1,114 @@
+//! The router: the proxy's own routes under `/proxy/`, generation routes, and pass-through
+//! for everything else (any method, any path).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{middleware, Json, Router};
+use http::{Method, Request, StatusCode};
+use serde_json::json;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::error::ProxyError;
+use crate::forward::Route;
+use crate::generation;
+use crate::observe::access_log;
+use crate::state::AppState;
+
+/// How long `/proxy/ready` waits for a backend before calling it unreachable.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/proxy/health", get(health))
+        .route("/proxy/ready", get(ready))
+        .route("/proxy/{*rest}", any(unknown_proxy_route))
+        .fallback(proxy_request)
+        .layer(middleware::from_fn(access_log))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Whether a request is a generation (inspected, no timeout by default) or plain traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Generation,
+    PassThrough,
+}
+
+async fn proxy_request(State(state): State<AppState>, request: Request<Body>) -> Response {
+    let client_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let is_generation = request.method() == Method::POST
+        && state
+            .config
+            .generation_routes
+            .iter()
+            .any(|route| route == request.uri().path());
+    if is_generation {
+        generation::handle(state, client_ip, request).await
+    } else {
+        forward_to_backend(&state, client_ip, request, RouteKind::PassThrough).await
+    }
+}
+
+/// Forwards to the backend with the route's timeout; the proxy's own errors become responses.
+pub async fn forward_to_backend(
+    state: &AppState,
+    client_ip: Option<IpAddr>,
+    request: Request<Body>,
+    kind: RouteKind,
+) -> Response {
+    let route = Route {
+        backend: &state.config.backends[0],
+        timeout: state
+            .config
+            .timeout_for(request.uri().path(), kind == RouteKind::Generation),
+        client_ip,
+    };
+    match state.forwarder.forward(route, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(error = %error, "answered with the proxy's own error");
+            error.into_response()
+        }
+    }
+}
+
+/// Liveness: the process answers.
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: at least one backend answers HTTP.
+async fn ready(State(state): State<AppState>) -> Response {
+    let mut backends = Vec::new();
+    let mut any_ready = false;
+    for backend in &state.config.backends {
+        let probe = state.forwarder.probe(backend, READY_PROBE_TIMEOUT).await;
+        any_ready |= probe.is_ok();
+        backends.push(match probe {
+            Ok(()) => json!({"url": backend.url, "reachable": true}),
+            Err(reason) => json!({"url": backend.url, "reachable": false, "error": reason}),
+        });
+    }
+    let (status, word) = if any_ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (status, Json(json!({"status": word, "backends": backends}))).into_response()
+}
+
+async fn unknown_proxy_route(request: Request<Body>) -> ProxyError {
+    ProxyError::UnknownProxyRoute {
+        path: request.uri().path().to_owned(),
+    }
+}

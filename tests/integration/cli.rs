@@ -1,0 +1,115 @@
+//! The command line: config files, environment overrides, errors with exit code 2.
+
+use std::process::Command;
+
+use forge_vram_proxy::config::from_toml_str;
+
+fn proxy() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FORGE_VRAM_PROXY_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn example_path() -> String {
+    format!(
+        "{}/config/forge-vram-proxy.toml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn the_commented_example_config_loads_and_matches_the_defaults() {
+    let text = std::fs::read_to_string(example_path()).unwrap();
+    let example = from_toml_str(&text).expect("example config is valid");
+    assert_eq!(example.raw, forge_vram_proxy::Config::default().raw);
+    let output = proxy()
+        .args(["check-config", &example_path()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("listen = \"127.0.0.1:7870\""), "{printed}");
+    assert!(
+        printed.contains("url = \"http://127.0.0.1:7860\""),
+        "{printed}"
+    );
+}
+
+#[test]
+fn no_config_file_means_embedded_defaults() {
+    let output = proxy().arg("check-config").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let effective = from_toml_str(&printed).unwrap();
+    assert_eq!(effective.raw, forge_vram_proxy::Config::default().raw);
+}
+
+#[test]
+fn bad_config_exits_2_naming_key_value_and_expectation() {
+    let dir = std::env::temp_dir().join(format!("fvp-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[timeouts]\nconnect = \"soon\"\n").unwrap();
+    let output = proxy().arg("--config").arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        "forge-vram-proxy: invalid configuration:\n  config key `timeouts.connect`: \"soon\" is not valid: expected a duration like \"30s\", \"500ms\", \"10m\", or \"off\"\n"
+    );
+
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:7870\"\nbackend = \"http://x\"\n",
+    )
+    .unwrap();
+    let output = proxy().arg("check-config").arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("config key `backend` is not a known key (in ")
+            && stderr
+                .contains("expected one of listen, backends, timeouts, limits, generation, log"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_both() {
+    let output = proxy()
+        .args(["check-config", &example_path()])
+        .env("FORGE_VRAM_PROXY_LISTEN", "0.0.0.0:9000")
+        .env("FORGE_VRAM_PROXY_TIMEOUTS__CONNECT", "2s")
+        .env("FORGE_VRAM_PROXY_BACKEND", "http://gpu-a:7860")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("listen = \"0.0.0.0:9000\""), "{printed}");
+    assert!(printed.contains("connect = \"2s\""), "{printed}");
+    assert!(printed.contains("url = \"http://gpu-a:7860\""), "{printed}");
+
+    let output = proxy()
+        .args(["--listen", "127.0.0.1:9001", "check-config"])
+        .env("FORGE_VRAM_PROXY_LISTEN", "0.0.0.0:9000")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("listen = \"127.0.0.1:9001\""), "{printed}");
+
+    let output = proxy()
+        .arg("check-config")
+        .env("FORGE_VRAM_PROXY_LOG__FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        "forge-vram-proxy: invalid configuration:\n  config key `log.format`: \"xml\" is not valid: expected \"text\" or \"json\"\n"
+    );
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the proxy and `forge-sim` over real sockets.
+
+mod cli;
+mod passthrough;
+mod process;
+mod support;
+mod webuiapi;
