@@ -19,7 +19,8 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=utility \
     FORGE_VRAM_PROXY_CONFIG=/etc/forge-vram-proxy/config.toml \
     FORGE_VRAM_PROXY_LISTEN=0.0.0.0:7870
-USER nonroot
+# distroless "nonroot"
+USER 65532:65532
 EXPOSE 7870
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/forge-vram-proxy", "health"]

@@ -30,7 +30,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// img2img bodies carry base64 images (megabytes each); a GiB is far beyond any real request.
-pub const DEFAULT_MAX_REQUEST_BODY: ByteSize = ByteSize::gib(1);
+pub const DEFAULT_MAX_REQUEST_BODY: &str = "1GiB";
 /// Forge's generation routes: the ones the proxy inspects before forwarding.
 pub const DEFAULT_GENERATION_ROUTES: [&str; 2] = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"];
 
@@ -133,7 +133,7 @@ impl Default for RawTimeouts {
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
-            max_request_body: DEFAULT_MAX_REQUEST_BODY.display().iec_short().to_string(),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY.to_owned(),
         }
     }
 }

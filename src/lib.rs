@@ -5,20 +5,25 @@
 //! route, where the proxy sets Forge's GPU memory for the model before forwarding.
 //!
 //! # Layout
-//! - [`config`]: defaults, TOML file, environment and flags, validated into [`Config`].
-//! - [`routes`]: the router: `/proxy/*` own routes, generations, pass-through.
-//! - [`generation`]: what happens to a generation request before it is forwarded.
-//! - [`forward`]: the streaming forwarder (hop-by-hop headers, `X-Forwarded-*`, upgrades).
-//! - [`error`]: the proxy's own errors and their status codes, in Forge's error shape.
-//! - [`observe`]: tracing set-up and the access log.
-//! - [`server`]: [`run`] with graceful shutdown.
-//! - [`state`]: [`AppState`], shared by every handler.
+//! - [`config`] — defaults, TOML file, environment and flags, validated into [`Config`].
+//! - [`routes`] — the router: `/proxy/*` own routes, generations, pass-through.
+//! - [`profile`] — which profile (model family) a generation needs; pure.
+//! - [`policy`] — what `forge_inference_memory` it needs on a given card; pure.
+//! - [`generation`] — what happens to a generation request before it is forwarded.
+//! - [`forward`] — the streaming forwarder (hop-by-hop headers, `X-Forwarded-*`, upgrades).
+//! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
+//! - [`observe`] — tracing set-up and the access log.
+//! - [`server`] — [`run`] with graceful shutdown.
+//! - [`state`] — [`AppState`], shared by every handler.
 
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod generation;
+pub mod nvml;
 pub mod observe;
+pub mod policy;
+pub mod profile;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -1,8 +1,8 @@
 //! Forwarding a request to a Forge backend and its answer back, streaming both ways.
 //!
-//! - [`hop`]: hop-by-hop headers (RFC 9110 §7.6.1).
-//! - [`forwarding`]: `X-Forwarded-*`.
-//! - [`upgrade`]: websocket and other `Upgrade` tunnels.
+//! - [`hop`] — hop-by-hop headers (RFC 9110 §7.6.1).
+//! - [`forwarding`] — `X-Forwarded-*`.
+//! - [`upgrade`] — websocket and other `Upgrade` tunnels.
 
 pub mod forwarding;
 pub mod hop;

@@ -43,12 +43,26 @@ async fn send(
         .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("?").to_owned()))
         .collect();
     headers.sort();
-    let body = response.bytes().await.expect("body");
+    let body = without_clock(response.bytes().await.expect("body"));
     Answer {
         status,
         headers,
         body,
     }
+}
+
+/// Generation answers carry Forge's `job_timestamp` (the wall clock, to the second); it is
+/// zeroed (same length) so that the rest can be compared byte for byte.
+fn without_clock(body: bytes::Bytes) -> bytes::Bytes {
+    let key = br#"job_timestamp\": \""#;
+    let mut bytes = body.to_vec();
+    if let Some(at) = bytes.windows(key.len()).position(|w| w == key) {
+        let start = at + key.len();
+        for b in bytes.iter_mut().skip(start).take(14) {
+            *b = b'0';
+        }
+    }
+    bytes.into()
 }
 
 /// The same request, straight to the simulator and through the proxy, must come back the same.
@@ -136,8 +150,7 @@ async fn generations_pass_through_with_identical_answers() {
     let sim = sim().await;
     let proxy = Proxy::start(&sim.url(), "").await;
     // Warm the model so neither side pays the first load.
-    let body =
-        r#"{"prompt": "a lighthouse", "steps": 4, "seed": 7, "force_task_id": "task(parity)"}"#;
+    let body = r#"{"prompt": "a lighthouse", "steps": 4, "seed": 7, "subseed": 8, "force_task_id": "task(parity)"}"#;
     let warm = send(
         Method::POST,
         format!("{}/sdapi/v1/txt2img", sim.url()),
@@ -156,7 +169,7 @@ async fn generations_pass_through_with_identical_answers() {
     )
     .await;
     let img2img =
-        json!({"prompt": "a lighthouse", "steps": 4, "seed": 7, "force_task_id": "task(parity2)",
+        json!({"prompt": "a lighthouse", "steps": 4, "seed": 7, "subseed": 8, "force_task_id": "task(parity2)",
         "init_images": [crate::support::tiny_png_base64()], "denoising_strength": 0.5})
         .to_string();
     assert_same(
@@ -170,7 +183,10 @@ async fn generations_pass_through_with_identical_answers() {
     .await;
     let journal = sim.state().journal();
     let generations = journal.iter().filter(|e| e["kind"] == "generation").count();
-    assert_eq!(generations, 3, "{journal:?}");
+    assert_eq!(
+        generations, 5,
+        "warm-up, then each request twice: {journal:?}"
+    );
 }
 
 #[tokio::test]
@@ -200,7 +216,8 @@ async fn basic_auth_passes_through_and_401_is_identical() {
     assert_eq!(wrong, StatusCode::UNAUTHORIZED);
     let none = assert_same(&url, &proxy, Method::GET, "/sdapi/v1/sd-models", None, None).await;
     assert_eq!(none, StatusCode::UNAUTHORIZED);
-    let body = r#"{"prompt": "x", "steps": 2, "seed": 1, "force_task_id": "task(auth)"}"#;
+    let body =
+        r#"{"prompt": "x", "steps": 2, "seed": 1, "subseed": 2, "force_task_id": "task(auth)"}"#;
     let generated = assert_same(
         &url,
         &proxy,
@@ -249,7 +266,7 @@ async fn forwards_every_method_path_query_and_body() {
         assert_eq!(seen["method"], method.as_str());
         assert_eq!(seen["path"], "/sim/echo/deep/path;x=1");
         assert_eq!(seen["query"], "b=2&a=%2F%20&a=3");
-        assert_eq!(seen["body_bytes"], 10, "{method}: {seen}");
+        assert_eq!(seen["body_len"], 10, "{method}: {seen}");
     }
 }
 

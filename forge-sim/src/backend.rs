@@ -1,0 +1,514 @@
+//! The simulated Forge's mutable state and its rules: `set_config` (POST
+//! options and `override_settings`), the runtime memory settings, which
+//! model is loaded where, and what `/sdapi/v1/memory` reads.
+//!
+//! No I/O and no locks here: the HTTP layer holds a `Mutex<Backend>` for the
+//! few microseconds each call takes.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::checkpoint::{Catalog, Checkpoint};
+use crate::error::ApiError;
+use crate::memory::{self, GpuSetting, OutOfMemory, Placement, CPU_TOTAL_MIB, CUDA_CONTEXT_MIB};
+use crate::options::{Options, MEMORY_KEYS};
+use crate::python::{as_number, py_repr, py_type_name};
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// System RAM of the simulated machine.
+const RAM_TOTAL_MIB: f64 = 65536.0;
+/// RAM the Forge process uses before any weights sit in it.
+const RAM_BASE_MIB: f64 = 3072.0;
+
+/// What to do with an `sd_model_checkpoint` that names no checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownCheckpoint {
+    /// POST options: fail with 500 and apply nothing.
+    Reject,
+    /// `override_settings`: drop that key silently.
+    Drop,
+}
+
+/// What one `set_config` did: the keys whose stored value changed, and the
+/// memory refresh line when the refresh ran.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigChange {
+    pub changed: Map<String, Value>,
+    pub gpu_setting: Option<GpuSetting>,
+}
+
+impl ConfigChange {
+    /// Nothing changed and no refresh ran: Forge did nothing observable.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gpu_setting.is_none()
+    }
+}
+
+/// What a loaded model depends on: change any of it and the next generation
+/// loads again.
+#[derive(Clone, Debug, PartialEq)]
+struct LoadKey {
+    checkpoint: String,
+    additional_modules: Value,
+    unet_storage_dtype: Value,
+}
+
+#[derive(Clone, Debug)]
+struct LoadedModel {
+    key: LoadKey,
+    weights_mib: u64,
+    placement: Placement,
+}
+
+/// The model a generation runs with, and the memory settings in effect.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub checkpoint: Checkpoint,
+    /// The generation had to (re)load the model first.
+    pub reloaded: bool,
+    /// `forge_inference_memory` in effect (MiB).
+    pub inference_mib: f64,
+    /// The "GPU Weights" slider: total - inference (MiB).
+    pub gpu_weights_setting_mib: f64,
+    pub low_vram: bool,
+    pub placement: Placement,
+}
+
+/// The simulated Forge process.
+#[derive(Debug)]
+pub struct Backend {
+    /// The card's MiB; 0 = no GPU.
+    vram_mib: u64,
+    catalog: Arc<Catalog>,
+    options: Options,
+    /// `memory_management.current_inference_memory`, set only by the refresh.
+    inference_mib: f64,
+    /// `processing.need_global_unload`.
+    need_global_unload: bool,
+    loaded: Option<LoadedModel>,
+    /// Memory the running sampling pass holds (MiB).
+    compute_mib: f64,
+    peak_mib: f64,
+    oom_events: u64,
+}
+
+impl Backend {
+    pub fn new(vram_mib: u64, catalog: Arc<Catalog>) -> Backend {
+        let initial = catalog.initial();
+        let options = Options::new(
+            forge_total(vram_mib),
+            initial.map(|c| c.name.as_str()),
+            initial.map(|c| c.sha256.as_str()),
+        );
+        Backend {
+            vram_mib,
+            inference_mib: options.number("forge_inference_memory").unwrap_or(1024.0),
+            catalog,
+            options,
+            need_global_unload: false,
+            loaded: None,
+            compute_mib: 0.0,
+            peak_mib: 0.0,
+            oom_events: 0,
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Forge's `set_config`. Returns what changed, and the error to answer
+    /// with if the call failed (a `KeyError` can fail it midway, after some
+    /// keys were applied, as in Forge).
+    pub fn set_config(
+        &mut self,
+        request: &Map<String, Value>,
+        unknown_checkpoint: UnknownCheckpoint,
+    ) -> (ConfigChange, Option<ApiError>) {
+        let mut change = ConfigChange::default();
+        let mut checkpoint = None;
+        if let Some(name) = request.get("sd_model_checkpoint").filter(|v| !v.is_null()) {
+            match name.as_str().and_then(|alias| self.catalog.resolve(alias)) {
+                Some(found) => checkpoint = Some(found.name.clone()),
+                None if unknown_checkpoint == UnknownCheckpoint::Reject => {
+                    let error = ApiError::runtime(format!("model {} not found", py_repr(name)));
+                    return (change, Some(error));
+                }
+                None => {}
+            }
+        }
+        if let Some(value) = request.get("forge_inference_memory") {
+            if as_number(value).is_none() {
+                let error = ApiError::Exception {
+                    error: "TypeError",
+                    message: format!(
+                        "unsupported operand type(s) for -: 'int' and '{}'",
+                        py_type_name(value)
+                    ),
+                };
+                return (change, Some(error));
+            }
+        }
+
+        let mut refresh = false;
+        for (key, value) in request {
+            let value = match key.as_str() {
+                "sd_model_checkpoint" if value.is_null() => continue,
+                "sd_model_checkpoint" => match &checkpoint {
+                    Some(name) => json!(name),
+                    None => continue,
+                },
+                _ => value.clone(),
+            };
+            if !self.options.contains(key) {
+                let error = ApiError::Exception {
+                    error: "KeyError",
+                    message: py_repr(&json!(key)),
+                };
+                return (change, Some(error));
+            }
+            if let Some(stored) = self.options.set(key, &value) {
+                change.changed.insert(key.clone(), stored);
+            }
+            refresh |= MEMORY_KEYS.contains(&key.as_str());
+        }
+        if refresh {
+            change.gpu_setting = Some(self.refresh_memory_management_settings());
+        }
+        (change, None)
+    }
+
+    /// Forge's `refresh_memory_management_settings`: takes the stored memory
+    /// options into effect and makes the next generation reload everything.
+    fn refresh_memory_management_settings(&mut self) -> GpuSetting {
+        let inference = self
+            .options
+            .number("forge_inference_memory")
+            .unwrap_or(self.inference_mib);
+        self.inference_mib = inference;
+        self.options
+            .set_internal("forge_inference_memory", json!(inference));
+        self.need_global_unload = true;
+
+        let setting = memory::gpu_setting(self.total_mib(), inference);
+        tracing::info!(
+            "Environment vars changed: {{'stream': {}, 'inference_memory': {:.1}, 'pin_shared_memory': {}}}",
+            py_bool(self.options.str("forge_async_loading") == Some("Async")),
+            inference,
+            py_bool(self.options.str("forge_pin_shared_memory") == Some("Shared")),
+        );
+        if setting.low_vram {
+            tracing::info!("------------------");
+            tracing::info!("{}", setting.line);
+            tracing::info!("[Low VRAM Warning] This may cause slow speed or out of memory errors.");
+            tracing::info!("[Low VRAM Warning] Make sure that you know what you are testing.");
+            tracing::info!("------------------");
+        } else {
+            tracing::info!("{}", setting.line);
+        }
+        setting
+    }
+
+    /// The `total_vram` Forge counts with (MiB).
+    pub fn total_mib(&self) -> f64 {
+        forge_total(self.vram_mib) as f64
+    }
+
+    /// Loads the selected model for a generation, unless the loaded one is
+    /// still right (same checkpoint, modules and dtype, and no memory refresh
+    /// since).
+    pub fn load_for_generation(&mut self) -> Result<LoadReport, ApiError> {
+        let selected = self.options.str("sd_model_checkpoint").unwrap_or_default();
+        let checkpoint = self.catalog.resolve(selected).cloned().ok_or_else(|| {
+            ApiError::Exception {
+                error: "FileNotFoundError",
+                message: "No checkpoints found. When searching for checkpoints, looked at:\n - file /forge/models/Stable-diffusion".into(),
+            }
+        })?;
+        let key = LoadKey {
+            checkpoint: checkpoint.name.clone(),
+            additional_modules: self
+                .options
+                .get("forge_additional_modules")
+                .cloned()
+                .unwrap_or(Value::Null),
+            unet_storage_dtype: self
+                .options
+                .get("forge_unet_storage_dtype")
+                .cloned()
+                .unwrap_or(Value::Null),
+        };
+        let reloaded =
+            self.need_global_unload || self.loaded.as_ref().is_none_or(|loaded| loaded.key != key);
+        if reloaded {
+            let placement =
+                memory::place(self.vram_mib, self.inference_mib, checkpoint.weights_mib);
+            self.loaded = Some(LoadedModel {
+                key,
+                weights_mib: checkpoint.weights_mib,
+                placement,
+            });
+            self.need_global_unload = false;
+            self.options
+                .set_internal("sd_checkpoint_hash", json!(checkpoint.sha256));
+            self.note_peak();
+        }
+        let placement = self
+            .loaded
+            .as_ref()
+            .map(|loaded| loaded.placement)
+            .unwrap_or_else(|| {
+                memory::place(self.vram_mib, self.inference_mib, checkpoint.weights_mib)
+            });
+        let total = self.total_mib();
+        Ok(LoadReport {
+            checkpoint,
+            reloaded,
+            inference_mib: self.inference_mib,
+            gpu_weights_setting_mib: total - self.inference_mib,
+            low_vram: memory::is_low_vram(total, self.inference_mib),
+            placement,
+        })
+    }
+
+    /// A sampling pass that needs `need_mib` of working memory starts; fails
+    /// like CUDA when it does not fit next to the weights.
+    pub fn begin_pass(&mut self, placement: &Placement, need_mib: f64) -> Result<(), OutOfMemory> {
+        if let Err(oom) = memory::check_fits(self.vram_mib, placement, need_mib) {
+            self.oom_events += 1;
+            return Err(oom);
+        }
+        self.compute_mib = if self.vram_mib == 0 { 0.0 } else { need_mib };
+        self.note_peak();
+        Ok(())
+    }
+
+    /// The sampling pass released its working memory.
+    pub fn end_pass(&mut self) {
+        self.compute_mib = 0.0;
+    }
+
+    /// `/sdapi/v1/unload-checkpoint`.
+    pub fn unload(&mut self) {
+        self.loaded = None;
+    }
+
+    fn allocated_mib(&self) -> f64 {
+        self.loaded
+            .as_ref()
+            .map_or(0.0, |loaded| loaded.placement.gpu_weights_mib)
+            + self.compute_mib
+    }
+
+    fn note_peak(&mut self) {
+        self.peak_mib = self.peak_mib.max(self.allocated_mib());
+    }
+
+    /// `GET /sdapi/v1/memory`: RAM figures as floats and CUDA figures as
+    /// byte counts, like Forge's `psutil` / `torch.cuda` readings.
+    pub fn memory_json(&self) -> Value {
+        let cpu_weights = self.loaded.as_ref().map_or(0.0, |loaded| {
+            loaded.weights_mib as f64 - loaded.placement.gpu_weights_mib
+        });
+        let ram_total = RAM_TOTAL_MIB * MIB;
+        let ram_used = ((RAM_BASE_MIB + cpu_weights) * MIB).round();
+        let ram =
+            json!({ "free": ram_total - ram_used, "used": ram_used as u64, "total": ram_total });
+        if self.vram_mib == 0 {
+            return json!({ "ram": ram, "cuda": { "error": "unavailable" } });
+        }
+        let bytes = |mib: f64| (mib * MIB).round() as u64;
+        let total = bytes(self.vram_mib as f64);
+        let allocated = bytes(self.allocated_mib());
+        let used = (bytes(CUDA_CONTEXT_MIB) + allocated).min(total);
+        let peak = bytes(self.peak_mib);
+        json!({
+            "ram": ram,
+            "cuda": {
+                "system": { "free": total - used, "used": used, "total": total },
+                "active": { "current": allocated, "peak": peak },
+                "allocated": { "current": allocated, "peak": peak },
+                "reserved": { "current": allocated, "peak": peak },
+                "inactive": { "current": 0, "peak": 0 },
+                "events": { "retries": 0, "oom": self.oom_events },
+            }
+        })
+    }
+}
+
+/// Forge's `total_vram`: the card, or system RAM when running on the CPU.
+fn forge_total(vram_mib: u64) -> u64 {
+    if vram_mib == 0 {
+        CPU_TOTAL_MIB
+    } else {
+        vram_mib
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SimConfig;
+
+    fn backend(vram_mib: u64) -> Backend {
+        let catalog = Arc::new(Catalog::new(&SimConfig::default().checkpoints));
+        Backend::new(vram_mib, catalog)
+    }
+
+    fn request(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn unknown_checkpoint_is_rejected_and_nothing_applied() {
+        let mut b = backend(12288);
+        let (change, error) = b.set_config(
+            &request(json!({"sd_model_checkpoint": "nope", "jpeg_quality": 90})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(change.is_empty());
+        assert!(
+            matches!(error, Some(ApiError::Exception { error: "RuntimeError", ref message }) if message == "model 'nope' not found")
+        );
+        assert_eq!(b.options().get("jpeg_quality"), Some(&json!(80)));
+    }
+
+    #[test]
+    fn unknown_checkpoint_in_override_is_dropped() {
+        let mut b = backend(12288);
+        let (change, error) = b.set_config(
+            &request(json!({"sd_model_checkpoint": "nope", "jpeg_quality": 90})),
+            UnknownCheckpoint::Drop,
+        );
+        assert!(error.is_none());
+        assert_eq!(change.changed, request(json!({"jpeg_quality": 90})));
+    }
+
+    #[test]
+    fn checkpoint_alias_is_stored_as_its_file_name() {
+        let mut b = backend(12288);
+        let title = b
+            .catalog
+            .resolve("flux1-dev-Q4_0.gguf")
+            .unwrap()
+            .title
+            .clone();
+        let (change, _) = b.set_config(
+            &request(json!({"sd_model_checkpoint": title})),
+            UnknownCheckpoint::Reject,
+        );
+        assert_eq!(
+            change.changed["sd_model_checkpoint"],
+            json!("flux1-dev-Q4_0.gguf")
+        );
+        // The file name is the same checkpoint: skipped.
+        let (again, _) = b.set_config(
+            &request(json!({"sd_model_checkpoint": "flux1-dev-Q4_0.gguf"})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn unchanged_memory_key_still_refreshes_and_forces_reload() {
+        let mut b = backend(12288);
+        b.load_for_generation().unwrap();
+        let (change, _) = b.set_config(
+            &request(json!({"forge_inference_memory": 1024})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(change.changed.is_empty());
+        assert!(change.gpu_setting.is_some());
+        assert!(b.load_for_generation().unwrap().reloaded);
+        assert!(!b.load_for_generation().unwrap().reloaded);
+    }
+
+    #[test]
+    fn unknown_option_is_a_key_error_after_the_keys_before_it() {
+        let mut b = backend(12288);
+        let (change, error) = b.set_config(
+            &request(json!({"aaa_unknown": 1, "jpeg_quality": 90})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(change.is_empty());
+        assert!(
+            matches!(error, Some(ApiError::Exception { error: "KeyError", ref message }) if message == "'aaa_unknown'")
+        );
+    }
+
+    #[test]
+    fn non_numeric_inference_memory_is_a_type_error() {
+        let mut b = backend(12288);
+        let (_, error) = b.set_config(
+            &request(json!({"forge_inference_memory": "4096"})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(matches!(
+            error,
+            Some(ApiError::Exception {
+                error: "TypeError",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn module_or_dtype_change_reloads_but_changing_back_does_not() {
+        let mut b = backend(12288);
+        assert!(b.load_for_generation().unwrap().reloaded, "first load");
+        b.set_config(
+            &request(json!({"forge_unet_storage_dtype": "bnb-nf4"})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(b.load_for_generation().unwrap().reloaded);
+        b.set_config(
+            &request(json!({"forge_additional_modules": ["ae.safetensors"]})),
+            UnknownCheckpoint::Reject,
+        );
+        b.set_config(
+            &request(json!({"forge_additional_modules": []})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(!b.load_for_generation().unwrap().reloaded);
+    }
+
+    #[test]
+    fn memory_reading_follows_the_loaded_weights() {
+        let mut b = backend(12288);
+        let before = b.memory_json();
+        assert_eq!(
+            before["cuda"]["system"]["used"],
+            json!(300u64 * 1024 * 1024)
+        );
+        b.load_for_generation().unwrap();
+        let after = b.memory_json();
+        assert_eq!(
+            after["cuda"]["system"]["used"],
+            json!(2300u64 * 1024 * 1024)
+        );
+        assert_eq!(
+            after["cuda"]["system"]["total"],
+            json!(12288u64 * 1024 * 1024)
+        );
+    }
+
+    #[test]
+    fn no_gpu_reports_cuda_unavailable() {
+        assert_eq!(
+            backend(0).memory_json()["cuda"],
+            json!({"error": "unavailable"})
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! One txt2img / img2img generation, in the order Forge runs it: wait for
+//! the queue lock, apply `override_settings`, load the model if needed,
+//! sample step by step (interruptible, skippable, possibly out of memory),
+//! journal it, restore the overridden options, answer.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::backend::{LoadReport, UnknownCheckpoint};
+use crate::error::ApiError;
+use crate::init_images;
+use crate::journal::Source;
+use crate::memory::OutOfMemory;
+use crate::request::{GenerationRequest, Route};
+use crate::response::{self, GenerationResponse, Produced};
+use crate::state::SimState;
+use crate::timing::{self, Clock, Pass};
+
+/// Runs a validated generation request to its answer. Runs to the end even
+/// if the client goes away (the caller spawns it), as Forge does.
+pub async fn generate(
+    state: SimState,
+    request: GenerationRequest,
+) -> Result<GenerationResponse, ApiError> {
+    let route = request.route;
+    let task_id = request
+        .string("force_task_id")
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| create_task_id(route, &state));
+    if route == Route::Img2Img {
+        let mask = request.get("mask");
+        if mask.as_str().is_some_and(|m| !m.is_empty()) {
+            init_images::check(&mask)?;
+        }
+    }
+
+    let _queue = state.queue().lock().await;
+    if route == Route::Img2Img {
+        for image in request.get("init_images").as_array().into_iter().flatten() {
+            init_images::check(image)?;
+        }
+    }
+
+    let passes = timing::passes(&request);
+    let n_iter = request.int("n_iter").clamp(1, 10_000) as u32;
+    let batch_size = request.int("batch_size").clamp(1, 10_000) as u32;
+    state.job().begin(
+        &format!("scripts_{}", route.as_str()),
+        &task_id,
+        i64::from(n_iter) * passes.len() as i64,
+    );
+    let _job = JobGuard(&state);
+
+    let overrides = request
+        .get("override_settings")
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let stored: Map<String, Value> = {
+        let backend = state.backend();
+        overrides
+            .keys()
+            .filter_map(|key| Some((key.clone(), backend.options().get(key)?.clone())))
+            .collect()
+    };
+    let result = match state.set_config(&overrides, UnknownCheckpoint::Drop, Source::Override) {
+        Err(error) => Err(error),
+        Ok(()) => sample(&state, &request, &task_id, &passes, n_iter, batch_size).await,
+    };
+    if request.bool("override_settings_restore_afterwards") && !stored.is_empty() {
+        if let Err(error) = state.set_config(&stored, UnknownCheckpoint::Reject, Source::Restore) {
+            tracing::warn!("restoring overridden options failed: {error}");
+        }
+    }
+    let sampled = result?;
+
+    let seed = fixed_seed(request.int("seed"), &state);
+    let subseed = fixed_seed(request.int("subseed"), &state);
+    let (job_timestamp, clip_skip, return_grid) = {
+        let backend = state.backend();
+        let options = backend.options();
+        (
+            state.job().job_timestamp().to_owned(),
+            options
+                .get("CLIP_stop_at_last_layers")
+                .cloned()
+                .unwrap_or(json!(1)),
+            options
+                .get("return_grid")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+        )
+    };
+    let count = sampled.images;
+    let grid = if request.bool("save_images") && return_grid && count >= 2 {
+        let (rows, cols) = response::grid_shape(count);
+        let (width, height) = sampled.size;
+        Some(
+            state
+                .images()
+                .get(
+                    width.saturating_mul(cols as u32),
+                    height.saturating_mul(rows as u32),
+                )
+                .await,
+        )
+    } else {
+        None
+    };
+    Ok(response::build(
+        &request,
+        Produced {
+            checkpoint: &sampled.load.checkpoint,
+            count,
+            image: sampled.image,
+            grid,
+            seed,
+            subseed,
+            job_timestamp,
+            clip_skip,
+        },
+    ))
+}
+
+/// What the sampling loop produced.
+struct Sampled {
+    load: LoadReport,
+    images: usize,
+    image: Arc<str>,
+    size: (u32, u32),
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Ok,
+    Interrupted,
+    OutOfMemory(OutOfMemory),
+}
+
+impl Outcome {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Interrupted => "interrupted",
+            Outcome::OutOfMemory(_) => "oom",
+        }
+    }
+}
+
+/// Loads the model if needed and runs the sampling passes of every
+/// iteration against the simulated clock, then journals the generation.
+async fn sample(
+    state: &SimState,
+    request: &GenerationRequest,
+    task_id: &str,
+    passes: &[Pass],
+    n_iter: u32,
+    batch_size: u32,
+) -> Result<Sampled, ApiError> {
+    // Made (once per size) before the clock starts: encoding is the
+    // simulator's cost, not part of the simulated generation.
+    let size = timing::output_size(passes);
+    let image = state.images().get(size.0, size.1).await;
+    let load = state.backend().load_for_generation()?;
+    let started_ms = state.now_ms();
+    let mut clock = Clock::start(state.config().time_scale);
+    if load.reloaded {
+        tracing::info!(
+            "Loading model {} ({} MiB, {:.0} MiB on the GPU)",
+            load.checkpoint.name,
+            load.checkpoint.weights_mib,
+            load.placement.gpu_weights_mib
+        );
+        clock
+            .advance(timing::reload_ms(load.checkpoint.weights_mib))
+            .await;
+    }
+    let preview_every = {
+        let backend = state.backend();
+        let options = backend.options();
+        let enabled = options
+            .get("live_previews_enable")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let every = options
+            .number("show_progress_every_n_steps")
+            .unwrap_or(10.0) as i64;
+        (enabled && every > 0).then_some(every)
+    };
+    let family = load.checkpoint.family;
+
+    let mut iterations = 0usize;
+    let mut outcome = Outcome::Ok;
+    'iterations: for n in 0..n_iter {
+        {
+            let mut job = state.job();
+            if n > 0 && job.interrupted() {
+                outcome = Outcome::Interrupted;
+                break;
+            }
+            job.clear_skip();
+            if n_iter > 1 {
+                job.set_job(format!("Batch {} out of {}", n + 1, n_iter));
+            }
+        }
+        iterations += 1;
+        for (index, pass) in passes.iter().enumerate() {
+            let job_no = n as usize * passes.len() + index;
+            state.job().start_pass(job_no as i64, i64::from(pass.steps));
+            let need = family.compute_need_mib(pass.width, pass.height, batch_size);
+            if let Err(oom) = state.backend().begin_pass(&load.placement, need) {
+                outcome = Outcome::OutOfMemory(oom);
+                break 'iterations;
+            }
+            let step_ms =
+                family.step_ms(pass.width, pass.height, batch_size, load.placement.slowdown);
+            let mut interrupted = false;
+            let mut skipped = false;
+            for step in 1..=pass.steps {
+                clock.advance(step_ms).await;
+                let mut job = state.job();
+                job.step(i64::from(step), preview_every, &image);
+                interrupted = job.interrupted();
+                skipped = job.skipped();
+                if interrupted || skipped {
+                    break;
+                }
+            }
+            state.backend().end_pass();
+            if interrupted {
+                outcome = Outcome::Interrupted;
+                break 'iterations;
+            }
+            if skipped {
+                break;
+            }
+        }
+    }
+    let ended_ms = state.now_ms();
+
+    let mut entry = Map::new();
+    let fields = [
+        ("kind", json!("generation")),
+        ("route", json!(request.route.as_str())),
+        ("checkpoint", json!(load.checkpoint.name)),
+        ("family", json!(family.as_str())),
+        ("weights_mib", json!(load.checkpoint.weights_mib)),
+        ("forge_inference_memory", json!(load.inference_mib)),
+        ("gpu_weights_mib", json!(load.gpu_weights_setting_mib)),
+        (
+            "gpu_weights_loaded_mib",
+            json!(load.placement.gpu_weights_mib),
+        ),
+        ("reloaded", json!(load.reloaded)),
+        ("duration_ms", json!(clock.simulated_ms())),
+        ("wall_ms", json!(clock.wall_ms())),
+        ("started_ms", json!(started_ms)),
+        ("ended_ms", json!(ended_ms)),
+        ("outcome", json!(outcome.as_str())),
+        ("low_vram", json!(load.low_vram)),
+        ("slowdown", json!(load.placement.slowdown)),
+        ("width", json!(request.int("width"))),
+        ("height", json!(request.int("height"))),
+        ("enable_hr", json!(passes.len() > 1)),
+        ("batch_size", json!(batch_size)),
+        ("n_iter", json!(n_iter)),
+        ("steps", json!(request.int("steps"))),
+        ("images", json!(iterations * batch_size as usize)),
+        ("task_id", json!(task_id)),
+    ];
+    for (key, value) in fields {
+        entry.insert(key.into(), value);
+    }
+    state.journal_mut().push(entry);
+    tracing::info!(
+        "{} {} on {}: {} after {:.0} ms simulated ({:.0} ms wall)",
+        request.route.as_str(),
+        task_id,
+        load.checkpoint.name,
+        outcome.as_str(),
+        clock.simulated_ms(),
+        clock.wall_ms()
+    );
+
+    match outcome {
+        Outcome::OutOfMemory(oom) => Err(ApiError::Exception {
+            error: "OutOfMemoryError",
+            message: oom.message(),
+        }),
+        Outcome::Ok | Outcome::Interrupted => Ok(Sampled {
+            load,
+            images: iterations * batch_size as usize,
+            image,
+            size,
+        }),
+    }
+}
+
+/// Ends the job (`state.end()`) however the generation stops.
+struct JobGuard<'a>(&'a SimState);
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        self.0.job().end();
+        self.0.backend().end_pass();
+    }
+}
+
+/// Forge's `create_task_id`: `task(txt2img-XXXXXXX)`.
+fn create_task_id(route: Route, state: &SimState) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let suffix: String = (0..7)
+        .map(|_| ALPHABET[(state.random() % ALPHABET.len() as u64) as usize] as char)
+        .collect();
+    format!("task({}-{suffix})", route.as_str())
+}
+
+/// `get_fixed_seed`: -1 (or any negative) means a random seed.
+fn fixed_seed(seed: i64, state: &SimState) -> i64 {
+    if seed < 0 {
+        (state.random() % 4_294_967_294) as i64
+    } else {
+        seed
+    }
+}

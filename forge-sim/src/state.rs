@@ -1,0 +1,148 @@
+//! The shared state of one simulated Forge, cheap to clone into handlers.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, UnknownCheckpoint};
+use crate::checkpoint::Catalog;
+use crate::config::SimConfig;
+use crate::error::ApiError;
+use crate::images::{ImageCache, SplitMix64};
+use crate::journal::{Journal, Source};
+use crate::progress::JobState;
+
+/// One simulated Forge: its options and loaded model, the running job, the
+/// generation queue and the journal. `Clone` shares it.
+#[derive(Clone)]
+pub struct SimState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SimConfig,
+    credentials: Vec<(String, String)>,
+    catalog: Arc<Catalog>,
+    backend: Mutex<Backend>,
+    journal: Mutex<Journal>,
+    job: Mutex<JobState>,
+    /// Forge's `queue_lock`: one generation at a time, the others wait.
+    queue: tokio::sync::Mutex<()>,
+    images: ImageCache,
+    started: Instant,
+    rng: Mutex<SplitMix64>,
+    /// Cancelled when the server stops, so long-lived work (websockets,
+    /// generations) ends with it.
+    shutdown: CancellationToken,
+}
+
+impl SimState {
+    pub fn new(config: SimConfig) -> SimState {
+        let catalog = Arc::new(Catalog::new(&config.checkpoints));
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        SimState {
+            inner: Arc::new(Inner {
+                credentials: config.credentials(),
+                backend: Mutex::new(Backend::new(config.vram_mib, catalog.clone())),
+                images: ImageCache::new(config.image_bytes),
+                catalog,
+                journal: Mutex::new(Journal::default()),
+                job: Mutex::new(JobState::default()),
+                queue: tokio::sync::Mutex::new(()),
+                started: Instant::now(),
+                rng: Mutex::new(SplitMix64(seed)),
+                shutdown: CancellationToken::new(),
+                config,
+            }),
+        }
+    }
+
+    /// The journal's entries, in order (what `GET /sim/journal` returns).
+    pub fn journal(&self) -> Vec<Value> {
+        lock(&self.inner.journal).entries()
+    }
+
+    /// Every option, as `GET /sdapi/v1/options` returns them.
+    pub fn options(&self) -> Value {
+        self.backend().options().to_json()
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.inner.config
+    }
+
+    /// Applies options like Forge's `set_config` and journals what changed.
+    /// The backend lock is held while journaling, so the journal's order is
+    /// the order the changes took effect.
+    pub(crate) fn set_config(
+        &self,
+        request: &Map<String, Value>,
+        unknown_checkpoint: UnknownCheckpoint,
+        source: Source,
+    ) -> Result<(), ApiError> {
+        let mut backend = self.backend();
+        let (change, error) = backend.set_config(request, unknown_checkpoint);
+        self.journal_mut()
+            .push_options(source, &change, self.now_ms());
+        drop(backend);
+        error.map_or(Ok(()), Err)
+    }
+
+    pub(crate) fn credentials(&self) -> &[(String, String)] {
+        &self.inner.credentials
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub(crate) fn backend(&self) -> MutexGuard<'_, Backend> {
+        lock(&self.inner.backend)
+    }
+
+    pub(crate) fn journal_mut(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.inner.journal)
+    }
+
+    pub(crate) fn job(&self) -> MutexGuard<'_, JobState> {
+        lock(&self.inner.job)
+    }
+
+    pub(crate) fn queue(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.queue
+    }
+
+    pub(crate) fn images(&self) -> &ImageCache {
+        &self.inner.images
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Milliseconds since the simulator started (journal timestamps).
+    pub(crate) fn now_ms(&self) -> f64 {
+        self.inner.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    pub(crate) fn random(&self) -> u64 {
+        lock(&self.inner.rng).next()
+    }
+}
+
+impl std::fmt::Debug for SimState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimState")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A panicking handler must not wedge the simulator: ignore poisoning.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,312 @@
+//! What `forge_inference_memory` a generation needs: a pure function of the profile's
+//! policy, the GPU reading and the request's size. No I/O here.
+//!
+//! Forge splits the card in two: GPU Weights (model weights kept on the GPU) and inference
+//! memory (kept free for computation); `weights = total - inference`. Every figure is MiB.
+
+use serde::Serialize;
+
+/// Pixels in one "megapixel" here: 1024 × 1024, so a 1024² image is exactly 1.0.
+pub const PIXELS_PER_MEGAPIXEL: f64 = 1024.0 * 1024.0;
+/// Forge warns "[Low VRAM Warning]" below `min(512, 5% of total)` of inference memory.
+pub const LOW_VRAM_FLOOR_MIB: f64 = 512.0;
+pub const LOW_VRAM_FRACTION: f64 = 0.05;
+
+/// How a profile chooses its memory split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum MemoryPolicy {
+    /// A fixed `forge_inference_memory`, as in the seed article (Flux 4096, SD 10240).
+    Fixed { inference_mib: u64 },
+    /// A fixed GPU Weights value; inference = total - weights.
+    Weights { gpu_weights_mib: u64 },
+    /// GPU Weights as a share of the card.
+    WeightsPercent { gpu_weights_percent: f64 },
+    /// Weights = the model's size, capped so a compute reserve stays free; the reserve
+    /// grows with the request's pixels beyond `reference_megapixels`.
+    Auto {
+        weights_mib: u64,
+        min_inference_mib: u64,
+        inference_per_megapixel_mib: u64,
+        reference_megapixels: f64,
+    },
+}
+
+/// The part of a generation request that decides how much compute memory it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RequestSize {
+    pub width: u32,
+    pub height: u32,
+    pub batch_size: u32,
+    /// Output size of the hires-fix pass, when `enable_hr`.
+    pub hires: Option<(u32, u32)>,
+}
+
+impl Default for RequestSize {
+    /// Forge's API defaults: 512 × 512, one image.
+    fn default() -> Self {
+        Self {
+            width: 512,
+            height: 512,
+            batch_size: 1,
+            hires: None,
+        }
+    }
+}
+
+impl RequestSize {
+    /// Megapixels computed at once: the largest pass (hires output when enabled) × batch.
+    pub fn megapixels(&self) -> f64 {
+        let (w, h) = self.hires.unwrap_or((self.width, self.height));
+        let (w, h) = (w.max(self.width), h.max(self.height));
+        f64::from(w) * f64::from(h) * f64::from(self.batch_size.max(1)) / PIXELS_PER_MEGAPIXEL
+    }
+}
+
+/// The result: the value for Forge and how it came about. `gpu_weights_mib` is what Forge's
+/// "GPU Weights" slider shows for it: `total - inference`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryDecision {
+    pub inference_mib: u64,
+    pub gpu_weights_mib: u64,
+    /// The card size the split was computed on (total, less other processes when counted).
+    pub usable_mib: u64,
+    /// The compute reserve the request needs (auto policy only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserve_mib: Option<u64>,
+    /// Set when a limit changed the value: "low_vram_floor" or "card_size".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clamped: Option<&'static str>,
+}
+
+/// Forge's low-VRAM threshold for a card: `min(512, 5% of total)`, rounded up.
+pub fn low_vram_threshold_mib(total_mib: u64) -> u64 {
+    LOW_VRAM_FLOOR_MIB
+        .min(total_mib as f64 * LOW_VRAM_FRACTION)
+        .ceil() as u64
+}
+
+/// Decides the inference memory for a card of `total_mib`, of which `other_processes_mib`
+/// is taken by other programs (0 when not counted).
+pub fn decide(
+    policy: &MemoryPolicy,
+    total_mib: u64,
+    other_processes_mib: u64,
+    size: &RequestSize,
+) -> MemoryDecision {
+    let usable = total_mib.saturating_sub(other_processes_mib);
+    let mut reserve_mib = None;
+    let wanted_inference: i128 = match policy {
+        MemoryPolicy::Fixed { inference_mib } => i128::from(*inference_mib),
+        MemoryPolicy::Weights { gpu_weights_mib } => {
+            i128::from(usable) - i128::from(*gpu_weights_mib)
+        }
+        MemoryPolicy::WeightsPercent {
+            gpu_weights_percent,
+        } => {
+            let weights = (usable as f64 * gpu_weights_percent / 100.0).round() as i128;
+            i128::from(usable) - weights
+        }
+        MemoryPolicy::Auto {
+            weights_mib,
+            min_inference_mib,
+            inference_per_megapixel_mib,
+            reference_megapixels,
+        } => {
+            let extra_mp = (size.megapixels() - reference_megapixels).max(0.0);
+            let reserve =
+                *min_inference_mib + (extra_mp * *inference_per_megapixel_mib as f64).ceil() as u64;
+            reserve_mib = Some(reserve);
+            let weights = (*weights_mib).min(usable.saturating_sub(reserve));
+            i128::from(usable) - i128::from(weights)
+        }
+    };
+    // The split is computed on the usable part of the card: Forge loads weights into
+    // `free - inference`, and other programs' memory is not free.
+    let wanted = wanted_inference;
+    let floor = i128::from(low_vram_threshold_mib(total_mib));
+    let (inference, clamped) = if wanted < floor {
+        (floor, Some("low_vram_floor"))
+    } else if wanted > i128::from(usable) {
+        (i128::from(usable), Some("card_size"))
+    } else {
+        (wanted, None)
+    };
+    let inference_mib = u64::try_from(inference).unwrap_or(usable);
+    MemoryDecision {
+        inference_mib,
+        gpu_weights_mib: total_mib - inference_mib,
+        usable_mib: usable,
+        reserve_mib,
+        clamped,
+    }
+}
+
+/// Whether a new value is worth a model reload, given what the backend has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// The backend already has this value.
+    Same,
+    /// Different, but by less than `min_change_mib`: not worth a reload.
+    WithinHysteresis,
+    Apply,
+}
+
+pub fn change_needed(current_mib: Option<f64>, new_mib: u64, min_change_mib: u64) -> Change {
+    match current_mib {
+        None => Change::Apply,
+        Some(current) if (current - new_mib as f64).abs() < 0.5 => Change::Same,
+        Some(current) if (current - new_mib as f64).abs() < min_change_mib as f64 => {
+            Change::WithinHysteresis
+        }
+        Some(_) => Change::Apply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flux() -> MemoryPolicy {
+        MemoryPolicy::Auto {
+            weights_mib: 12288,
+            min_inference_mib: 4096,
+            inference_per_megapixel_mib: 1536,
+            reference_megapixels: 1.0,
+        }
+    }
+
+    fn sdxl() -> MemoryPolicy {
+        MemoryPolicy::Auto {
+            weights_mib: 6656,
+            min_inference_mib: 2048,
+            inference_per_megapixel_mib: 1024,
+            reference_megapixels: 1.0,
+        }
+    }
+
+    fn sd15() -> MemoryPolicy {
+        MemoryPolicy::Auto {
+            weights_mib: 2048,
+            min_inference_mib: 1024,
+            inference_per_megapixel_mib: 768,
+            reference_megapixels: 0.25,
+        }
+    }
+
+    fn at_default_size(policy: &MemoryPolicy, total: u64) -> u64 {
+        decide(policy, total, 0, &RequestSize::default()).inference_mib
+    }
+
+    #[test]
+    fn flux_on_12_gib_card_reserves_4096_and_sd15_10240() {
+        assert_eq!(at_default_size(&flux(), 12288), 4096);
+        assert_eq!(at_default_size(&sd15(), 12288), 10240);
+        assert_eq!(at_default_size(&sdxl(), 12288), 5632);
+    }
+
+    #[test]
+    fn flux_on_24_gib_card_reserves_12288_and_sd15_22528() {
+        assert_eq!(at_default_size(&flux(), 24576), 12288);
+        assert_eq!(at_default_size(&sd15(), 24576), 22528);
+    }
+
+    #[test]
+    fn flux_on_8_gib_card_reserves_4096_and_sd15_6144() {
+        assert_eq!(at_default_size(&flux(), 8192), 4096);
+        assert_eq!(at_default_size(&sd15(), 8192), 6144);
+    }
+
+    #[test]
+    fn reserve_grows_with_pixels_batch_and_hires_output() {
+        let big = RequestSize {
+            width: 1024,
+            height: 1024,
+            batch_size: 2,
+            hires: None,
+        };
+        // 2.0 MP, 1.0 beyond the reference: 4096 + 1536 reserved, weights capped to the rest.
+        let d = decide(&flux(), 12288, 0, &big);
+        assert_eq!(d.reserve_mib, Some(5632));
+        assert_eq!(d.inference_mib, 5632);
+        let hires = RequestSize {
+            width: 1024,
+            height: 1024,
+            batch_size: 1,
+            hires: Some((2048, 2048)),
+        };
+        assert_eq!(hires.megapixels(), 4.0);
+        assert_eq!(
+            decide(&flux(), 12288, 0, &hires).inference_mib,
+            4096 + 3 * 1536
+        );
+    }
+
+    #[test]
+    fn fixed_and_weights_policies() {
+        let fixed = MemoryPolicy::Fixed {
+            inference_mib: 4096,
+        };
+        assert_eq!(at_default_size(&fixed, 12288), 4096);
+        let weights = MemoryPolicy::Weights {
+            gpu_weights_mib: 8192,
+        };
+        assert_eq!(at_default_size(&weights, 12288), 4096);
+        let percent = MemoryPolicy::WeightsPercent {
+            gpu_weights_percent: 75.0,
+        };
+        assert_eq!(at_default_size(&percent, 12288), 3072);
+    }
+
+    #[test]
+    fn never_below_the_low_vram_threshold() {
+        let greedy = MemoryPolicy::Weights {
+            gpu_weights_mib: 99_999,
+        };
+        let d = decide(&greedy, 24576, 0, &RequestSize::default());
+        assert_eq!((d.inference_mib, d.clamped), (512, Some("low_vram_floor")));
+        // A 4 GiB card: 5% is 204.8, rounded up.
+        let d = decide(&greedy, 4096, 0, &RequestSize::default());
+        assert_eq!((d.inference_mib, d.gpu_weights_mib), (205, 3891));
+        assert_eq!(low_vram_threshold_mib(12288), 512);
+    }
+
+    #[test]
+    fn never_above_the_card() {
+        let fixed = MemoryPolicy::Fixed {
+            inference_mib: 50_000,
+        };
+        let d = decide(&fixed, 12288, 0, &RequestSize::default());
+        assert_eq!(
+            (d.inference_mib, d.gpu_weights_mib, d.clamped),
+            (12288, 0, Some("card_size"))
+        );
+    }
+
+    #[test]
+    fn other_processes_memory_is_left_to_them() {
+        // 2 GiB used by another program: the split is made on the 10 GiB left, so Flux's
+        // weights shrink by that much and its compute reserve stays whole.
+        let d = decide(&flux(), 12288, 2048, &RequestSize::default());
+        assert_eq!(d.usable_mib, 10240);
+        assert_eq!(d.inference_mib, 4096);
+        let alone = decide(&flux(), 12288, 0, &RequestSize::default());
+        assert_eq!(alone.inference_mib, 4096);
+        // With a 1 MP reserve and more taken by others, the weights give way, not the reserve.
+        let crowded = decide(&flux(), 12288, 6144, &RequestSize::default());
+        assert_eq!((crowded.usable_mib, crowded.inference_mib), (6144, 4096));
+    }
+
+    #[test]
+    fn hysteresis_skips_small_changes() {
+        assert_eq!(change_needed(None, 4096, 256), Change::Apply);
+        assert_eq!(change_needed(Some(4096.0), 4096, 256), Change::Same);
+        assert_eq!(
+            change_needed(Some(4000.0), 4096, 256),
+            Change::WithinHysteresis
+        );
+        assert_eq!(change_needed(Some(3840.0), 4096, 256), Change::Apply);
+        assert_eq!(change_needed(Some(1024.0), 4096, 0), Change::Apply);
+    }
+}
