@@ -17,6 +17,10 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
+use crate::nvml::GpuSelector;
+use crate::policy::MemoryPolicy;
+use crate::profile::{Pattern, ProfileMatch};
+
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "FORGE_VRAM_PROXY_";
 /// Where the proxy listens by default: beside Forge's 7860.
@@ -33,6 +37,52 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_REQUEST_BODY: &str = "1GiB";
 /// Forge's generation routes: the ones the proxy inspects before forwarding.
 pub const DEFAULT_GENERATION_ROUTES: [&str; 2] = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"];
+/// Below this a memory change is not worth a model reload.
+pub const DEFAULT_MIN_CHANGE_MIB: u64 = 256;
+/// The auto policy's defaults for a user profile that gives only `weights_mib`.
+pub const DEFAULT_MIN_INFERENCE_MIB: u64 = 1024;
+pub const DEFAULT_INFERENCE_PER_MEGAPIXEL_MIB: u64 = 1024;
+pub const DEFAULT_REFERENCE_MEGAPIXELS: f64 = 1.0;
+
+/// The embedded profiles, in matching order. On a 12 GiB card at 512×512 they give the
+/// seed article's values: Flux 4096, SDXL 5632, SD 1.5 10240 (see `policy` tests).
+pub fn default_profiles() -> Vec<RawProfile> {
+    use serde_json::json;
+    let profile =
+        |name: &str, patterns: &[&str], preset: &str, auto: [u64; 3], reference: f64| RawProfile {
+            name: name.to_owned(),
+            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            presets: vec![preset.to_owned()],
+            inference_memory_mib: None,
+            gpu_weights_mib: None,
+            gpu_weights_percent: None,
+            weights_mib: Some(auto[0]),
+            min_inference_mib: Some(auto[1]),
+            inference_per_megapixel_mib: Some(auto[2]),
+            reference_megapixels: Some(reference),
+            options: serde_json::Map::from_iter([("forge_preset".to_owned(), json!(preset))]),
+            request_defaults: serde_json::Map::new(),
+        };
+    let mut flux = profile("flux", &["*flux*"], "flux", [12288, 4096, 1536], 1.0);
+    // Flux is distilled: CFG 1 with distilled CFG 3.5, and black images with schedulers
+    // other than Simple (Forge issues #1221, #1977).
+    flux.request_defaults = serde_json::Map::from_iter([
+        ("cfg_scale".to_owned(), json!(1.0)),
+        ("distilled_cfg_scale".to_owned(), json!(3.5)),
+        ("scheduler".to_owned(), json!("Simple")),
+    ]);
+    vec![
+        flux,
+        profile(
+            "sdxl",
+            &["*xl*", "*pony*", "*illustrious*", "*noob*"],
+            "xl",
+            [6656, 2048, 1024],
+            1.0,
+        ),
+        profile("sd15", &["*"], "sd", [2048, 1024, 768], 0.25),
+    ]
+}
 
 /// The configuration as written: every key optional, unknown keys rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +96,12 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub generation: RawGeneration,
     pub log: RawLog,
+    /// Path of the NVML library; the system's `libnvidia-ml.so.1` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvml_library: Option<String>,
+    pub memory: RawMemory,
+    /// Profiles added to, or replacing by name, the embedded `flux`, `sdxl` and `sd15`.
+    pub profiles: Vec<RawProfile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +110,63 @@ pub struct RawBackend {
     pub url: String,
     /// Send the client's `Host` header instead of the backend's.
     pub preserve_host: bool,
+    /// The backend's GPU for NVML on this host: an index or a UUID.
+    pub gpu: GpuSelector,
+    /// `auto`: NVML, else the backend's `/sdapi/v1/memory`; `backend`: always the latter
+    /// (the proxy runs on another host than the GPU).
+    pub vram_source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMemory {
+    /// A new value closer than this to the backend's current one is not applied: every
+    /// change costs Forge a full model reload.
+    pub min_change_mib: u64,
+    /// Re-read the backend's options before each generation (Forge's UI resets them on page
+    /// reload); `false` trusts what the proxy last applied.
+    pub verify_before_generation: bool,
+    /// Leave other processes' VRAM (NVML) out of the card size.
+    pub count_other_processes: bool,
+    /// What to do with a client's own memory keys: `strip`, `honor` or `reject`.
+    pub client_memory_options: String,
+    /// Profile for requests nothing else identifies.
+    pub default_profile: String,
+}
+
+/// A profile as written. Policy keys: `inference_memory_mib` (fixed), `gpu_weights_mib`,
+/// `gpu_weights_percent`, or the auto policy's `weights_mib` (+ `min_inference_mib`,
+/// `inference_per_megapixel_mib`, `reference_megapixels`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    pub name: String,
+    /// Case-insensitive globs on checkpoint names, or regexes after `re:`.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// `forge_preset` values that mean this profile (`flux`, `xl`, `sd`).
+    #[serde(default)]
+    pub presets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_memory_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_weights_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_weights_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_inference_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_per_megapixel_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_megapixels: Option<f64>,
+    /// Forge options set with the memory (only those that differ from the backend's).
+    #[serde(default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Request fields filled in when the client left them out.
+    #[serde(default)]
+    pub request_defaults: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +215,21 @@ impl Default for RawConfig {
             limits: RawLimits::default(),
             generation: RawGeneration::default(),
             log: RawLog::default(),
+            nvml_library: None,
+            memory: RawMemory::default(),
+            profiles: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawMemory {
+    fn default() -> Self {
+        Self {
+            min_change_mib: DEFAULT_MIN_CHANGE_MIB,
+            verify_before_generation: true,
+            count_other_processes: false,
+            client_memory_options: "strip".to_owned(),
+            default_profile: "sd15".to_owned(),
         }
     }
 }
@@ -111,6 +239,8 @@ impl Default for RawBackend {
         Self {
             url: DEFAULT_BACKEND_URL.to_owned(),
             preserve_host: false,
+            gpu: GpuSelector::Index(0),
+            vram_source: "auto".to_owned(),
         }
     }
 }
@@ -165,8 +295,80 @@ pub struct Config {
     pub generation_routes: Vec<String>,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub nvml_library: Option<std::path::PathBuf>,
+    pub memory: Memory,
+    /// Embedded and configured profiles, in matching order.
+    pub profiles: Vec<Profile>,
+    /// Index of `memory.default_profile` in `profiles`.
+    pub default_profile: usize,
     /// What it was built from, for `check-config` and the status page.
     pub raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Memory {
+    pub min_change_mib: u64,
+    pub verify_before_generation: bool,
+    pub count_other_processes: bool,
+    pub client_memory_options: ClientMemoryOptions,
+}
+
+/// What happens to memory keys a client sends itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMemoryOptions {
+    /// Removed (the default): the proxy owns them.
+    Strip,
+    /// Used: in a generation's `override_settings` the value becomes that generation's.
+    Honor,
+    /// Refused with 400.
+    Reject,
+}
+
+/// Where a backend's VRAM readings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VramPreference {
+    /// NVML on this host, else the backend's `/sdapi/v1/memory`.
+    Auto,
+    /// Always the backend's `/sdapi/v1/memory`.
+    Backend,
+}
+
+/// A validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub patterns: Vec<Pattern>,
+    pub presets: Vec<String>,
+    pub policy: MemoryPolicy,
+    pub options: serde_json::Map<String, serde_json::Value>,
+    pub request_defaults: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ProfileMatch for Profile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+    fn presets(&self) -> &[String] {
+        &self.presets
+    }
+}
+
+impl Profile {
+    /// The stored "GPU Weights" option Forge's UI applies for this profile's preset
+    /// (`flux_GPU_MB`, `xl_GPU_MB`); the proxy keeps it equal to its own value so a page
+    /// reload lands on it.
+    pub fn preset_weights_key(&self) -> Option<&'static str> {
+        match self.options.get("forge_preset").and_then(|v| v.as_str()) {
+            Some("flux") => Some("flux_GPU_MB"),
+            Some("xl") => Some("xl_GPU_MB"),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +381,8 @@ pub struct Backend {
     pub preserve_host: bool,
     /// The URL as configured, for logs and messages.
     pub url: String,
+    pub gpu: GpuSelector,
+    pub vram: VramPreference,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +431,8 @@ pub struct Overrides {
     pub backends: Option<Vec<RawBackend>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<OverrideLog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvml_library: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -376,6 +582,42 @@ impl TryFrom<RawConfig> for Config {
             "json" => LogFormat::Json,
             other => return Err(invalid("log.format", other, "\"text\" or \"json\"")),
         };
+        let memory = Memory {
+            min_change_mib: raw.memory.min_change_mib,
+            verify_before_generation: raw.memory.verify_before_generation,
+            count_other_processes: raw.memory.count_other_processes,
+            client_memory_options: match raw.memory.client_memory_options.as_str() {
+                "strip" => ClientMemoryOptions::Strip,
+                "honor" => ClientMemoryOptions::Honor,
+                "reject" => ClientMemoryOptions::Reject,
+                other => {
+                    return Err(invalid(
+                        "memory.client_memory_options",
+                        other,
+                        "\"strip\", \"honor\" or \"reject\"",
+                    ))
+                }
+            },
+        };
+        let mut raw = raw;
+        raw.profiles = effective_profiles(&raw.profiles);
+        let profiles = raw
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Profile::parse(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_profile = profiles
+            .iter()
+            .position(|p| p.name == raw.memory.default_profile)
+            .ok_or_else(|| {
+                let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+                invalid(
+                    "memory.default_profile",
+                    &raw.memory.default_profile,
+                    &format!("one of the profiles: {}", names.join(", ")),
+                )
+            })?;
         Ok(Self {
             listen,
             backends,
@@ -384,7 +626,100 @@ impl TryFrom<RawConfig> for Config {
             generation_routes: raw.generation.routes.clone(),
             log_format,
             log_level: raw.log.level.clone(),
+            nvml_library: raw.nvml_library.as_ref().map(std::path::PathBuf::from),
+            memory,
+            profiles,
+            default_profile,
             raw,
+        })
+    }
+}
+
+/// User profiles first (so they win over the catch-all `sd15`), then the embedded ones;
+/// a user profile named like an embedded one takes its place instead.
+fn effective_profiles(user: &[RawProfile]) -> Vec<RawProfile> {
+    let mut defaults = default_profiles();
+    let mut added = Vec::new();
+    for profile in user {
+        match defaults.iter_mut().find(|d| d.name == profile.name) {
+            Some(slot) => *slot = profile.clone(),
+            None => added.push(profile.clone()),
+        }
+    }
+    added.extend(defaults);
+    added
+}
+
+impl Profile {
+    fn parse(index: usize, raw: &RawProfile) -> Result<Self, ConfigError> {
+        let key = |field: &str| format!("profiles[{index}].{field}");
+        if raw.name.trim().is_empty() {
+            return Err(invalid(key("name"), &raw.name, "a profile name"));
+        }
+        let patterns = raw
+            .patterns
+            .iter()
+            .map(|p| {
+                Pattern::parse(p)
+                    .map_err(|e| invalid(key("patterns"), p, &format!("a glob or re:REGEX ({e})")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let chosen: Vec<&str> = [
+            raw.inference_memory_mib.map(|_| "inference_memory_mib"),
+            raw.gpu_weights_mib.map(|_| "gpu_weights_mib"),
+            raw.gpu_weights_percent.map(|_| "gpu_weights_percent"),
+            raw.weights_mib.map(|_| "weights_mib"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let policy = match (chosen.as_slice(), raw) {
+            ([], _) => {
+                return Err(invalid(
+                    key("weights_mib"),
+                    "(none)",
+                    "one of inference_memory_mib, gpu_weights_mib, gpu_weights_percent or weights_mib",
+                ))
+            }
+            ([_, _, ..], _) => {
+                return Err(invalid(
+                    key("policy"),
+                    chosen.join(" + "),
+                    "only one of inference_memory_mib, gpu_weights_mib, gpu_weights_percent or weights_mib",
+                ))
+            }
+            (_, RawProfile { inference_memory_mib: Some(mib), .. }) => {
+                MemoryPolicy::Fixed { inference_mib: *mib }
+            }
+            (_, RawProfile { gpu_weights_mib: Some(mib), .. }) => MemoryPolicy::Weights {
+                gpu_weights_mib: *mib,
+            },
+            (_, RawProfile { gpu_weights_percent: Some(p), .. }) => {
+                if !(0.0..=100.0).contains(p) {
+                    return Err(invalid(key("gpu_weights_percent"), p, "a percentage from 0 to 100"));
+                }
+                MemoryPolicy::WeightsPercent {
+                    gpu_weights_percent: *p,
+                }
+            }
+            (_, raw) => MemoryPolicy::Auto {
+                weights_mib: raw.weights_mib.unwrap_or_default(),
+                min_inference_mib: raw.min_inference_mib.unwrap_or(DEFAULT_MIN_INFERENCE_MIB),
+                inference_per_megapixel_mib: raw
+                    .inference_per_megapixel_mib
+                    .unwrap_or(DEFAULT_INFERENCE_PER_MEGAPIXEL_MIB),
+                reference_megapixels: raw
+                    .reference_megapixels
+                    .unwrap_or(DEFAULT_REFERENCE_MEGAPIXELS),
+            },
+        };
+        Ok(Self {
+            name: raw.name.clone(),
+            patterns,
+            presets: raw.presets.clone(),
+            policy,
+            options: raw.options.clone(),
+            request_defaults: raw.request_defaults.clone(),
         })
     }
 }
@@ -416,6 +751,18 @@ impl Backend {
             base_path: uri.path().trim_end_matches('/').to_owned(),
             preserve_host: raw.preserve_host,
             url: raw.url.clone(),
+            gpu: raw.gpu.clone(),
+            vram: match raw.vram_source.as_str() {
+                "auto" => VramPreference::Auto,
+                "backend" => VramPreference::Backend,
+                other => {
+                    return Err(invalid(
+                        format!("backends[{index}].vram_source"),
+                        other,
+                        "\"auto\" or \"backend\"",
+                    ))
+                }
+            },
         })
     }
 }

@@ -10,6 +10,9 @@ use axum::Json;
 use http::StatusCode;
 use serde_json::json;
 
+use crate::forge::ForgeError;
+use crate::profile::UnknownProfile;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("backend {backend} is unreachable: {reason}")]
@@ -36,15 +39,54 @@ pub enum ProxyError {
 
     #[error("no route {path} under the proxy's reserved prefix /proxy/")]
     UnknownProxyRoute { path: String },
+
+    #[error("{0}")]
+    UnknownModelType(#[from] UnknownProfile),
+
+    #[error("the proxy sets {} itself; remove it from {place} (memory.client_memory_options = \"reject\")", .keys.join(", "))]
+    ClientMemoryOptions {
+        keys: Vec<String>,
+        place: &'static str,
+    },
+
+    #[error(
+        "could not prepare backend {backend} for the generation, which was not sent: {source}"
+    )]
+    OptionsFailed { backend: String, source: ForgeError },
+
+    #[error("reading the request body failed: {reason}")]
+    ClientBody { reason: String },
 }
 
 impl ProxyError {
+    /// A failed call of the proxy's own before a generation: a backend that is down is
+    /// reported as such, anything else as the options call that failed.
+    pub fn preparing(backend: &str, source: ForgeError) -> Self {
+        match source {
+            ForgeError::Call {
+                source: crate::forward::CallError::Unreachable(reason),
+                ..
+            } => Self::BackendUnreachable {
+                backend: backend.to_owned(),
+                reason,
+            },
+            source => Self::OptionsFailed {
+                backend: backend.to_owned(),
+                source,
+            },
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::BackendUnreachable { .. } | Self::BackendFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownModelType(_)
+            | Self::ClientMemoryOptions { .. }
+            | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::OptionsFailed { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -56,6 +98,10 @@ impl ProxyError {
             Self::BackendFailed { .. } => "BackendFailed",
             Self::BodyTooLarge { .. } => "PayloadTooLarge",
             Self::UnknownProxyRoute { .. } => "NotFound",
+            Self::UnknownModelType(_) => "UnknownModelType",
+            Self::ClientMemoryOptions { .. } => "ClientMemoryOptions",
+            Self::OptionsFailed { .. } => "OptionsCallFailed",
+            Self::ClientBody { .. } => "BadRequestBody",
         }
     }
 }

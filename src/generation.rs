@@ -1,22 +1,282 @@
-//! Generation requests (`txt2img`, `img2img` and any other configured route).
-//!
-//! For now they are forwarded like any other request, with the generation timeout (none
-//! by default: a batch of Flux images can take many minutes). This is where the request
-//! will be inspected and the backend's memory settings applied before forwarding.
+//! Generation requests (`txt2img`, `img2img` and any other configured route): decide the
+//! profile and memory, send Forge the options that must change, then forward, all inside
+//! the backend's critical section.
 
 use std::net::IpAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderName, HeaderValue};
 use http::Request;
+use serde_json::{Map, Value};
 
+use crate::backend::{BackendState, Occupancy};
+use crate::decisions::Decision;
+use crate::error::ProxyError;
+use crate::forge::Forge;
+use crate::forward::Route;
+use crate::inspect::{read_body, set_length, GenerationBody};
+use crate::observe::REQUEST_ID_HEADER;
+use crate::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
 use crate::routes::{forward_to_backend, RouteKind};
 use crate::state::AppState;
+use crate::vram::VramReading;
+
+/// The client's explicit profile; removed before forwarding.
+pub const MODEL_TYPE_HEADER: &str = "x-forge-model-type";
+pub const PROFILE_HEADER: &str = "x-forge-proxy-profile";
+pub const INFERENCE_MEMORY_HEADER: &str = "x-forge-proxy-inference-memory";
+pub const GPU_WEIGHTS_HEADER: &str = "x-forge-proxy-gpu-weights";
+pub const OPTIONS_APPLIED_HEADER: &str = "x-forge-proxy-options-applied";
+pub const VRAM_SOURCE_HEADER: &str = "x-forge-proxy-vram-source";
 
 pub async fn handle(
     state: AppState,
     client_ip: Option<IpAddr>,
     request: Request<Body>,
 ) -> Response {
-    forward_to_backend(&state, client_ip, request, RouteKind::Generation).await
+    match generate(&state, client_ip, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(error = %error, "generation refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn generate(
+    state: &AppState,
+    client_ip: Option<IpAddr>,
+    request: Request<Body>,
+) -> Result<Response, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let header = parts
+        .headers
+        .remove(MODEL_TYPE_HEADER)
+        .and_then(|v| v.to_str().ok().map(str::to_owned));
+    let bytes = read_body(&parts.headers, body, state.config.max_request_body).await?;
+    let Some(body) = GenerationBody::parse(&bytes) else {
+        tracing::info!(path = %parts.uri.path(), "generation body is not a JSON object: forwarded untouched");
+        let request = Request::from_parts(parts, Body::from(bytes.clone()));
+        return Ok(forward_to_backend(state, client_ip, request, RouteKind::Generation).await);
+    };
+    let backend = &state.backends[0];
+    // An unknown profile name is refused before waiting for the backend.
+    if let Some(name) = header.as_deref() {
+        crate::profile::resolve(
+            &state.config.profiles,
+            state.config.default_profile,
+            &crate::profile::Hints {
+                header: Some(name),
+                ..Default::default()
+            },
+        )?;
+    }
+    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    let forge = Forge {
+        forwarder: &state.forwarder,
+        backend: &backend.config,
+        authorization: authorization.as_ref(),
+    };
+
+    let mut occupancy = Occupancy::waiting(backend);
+    let _critical = backend.generation_lock.lock().await;
+    occupancy.start();
+    let started = Instant::now();
+
+    let current = current_options(state, backend, &forge).await?;
+    let reading = read_vram(state, backend, &forge).await;
+    let plan = plan::plan(
+        &state.config,
+        &Inputs {
+            header: header.as_deref(),
+            body: &body,
+            current: &current,
+            reading: reading.as_ref(),
+        },
+    )?;
+    let route = parts
+        .uri
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let mut decision = Decision {
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default(),
+        request_id,
+        route,
+        backend: backend.config.url.clone(),
+        profile: plan.profile_name.clone(),
+        why_profile: plan.why_profile.clone(),
+        reading: reading.clone(),
+        computed: plan.computed.clone(),
+        options_sent: plan.options.clone(),
+        outcome: plan.outcome,
+        reason: plan.reason.to_owned(),
+    };
+
+    if !plan.options.is_empty() {
+        if let Err(source) = forge.set_options(&plan.options).await {
+            backend.forget_options();
+            decision.outcome = "failed";
+            decision.reason = source.to_string();
+            state.decisions.record(decision);
+            state
+                .metrics
+                .options_call(&backend.config.url, "failed", "options_call_failed");
+            return Err(ProxyError::preparing(&backend.config.url, source));
+        }
+        backend.applied(&plan.options);
+    }
+    state
+        .metrics
+        .options_call(&backend.config.url, plan.outcome, plan.reason);
+    note_profile(state, backend, &plan);
+    state.decisions.record(decision);
+
+    let outgoing = if plan.edits.is_empty() {
+        bytes.clone()
+    } else {
+        let rendered = body
+            .render(&plan.edits)
+            .map_err(|e| ProxyError::ClientBody {
+                reason: e.to_string(),
+            })?;
+        set_length(&mut parts.headers, rendered.len());
+        rendered
+    };
+    // Settings Forge changes for this generation and does not restore are then unknown.
+    let leaves_changes = !body.override_settings().is_empty()
+        && !body
+            .get::<bool>("override_settings_restore_afterwards")
+            .unwrap_or(true);
+    let request = Request::from_parts(parts, Body::from(outgoing));
+    let route = Route {
+        backend: &backend.config,
+        timeout: state.config.timeout_for(request.uri().path(), true),
+        client_ip,
+    };
+    let result = state.forwarder.forward(route, request).await;
+    state.metrics.generation_seconds(
+        &backend.config.url,
+        &plan.profile_name,
+        started.elapsed().as_secs_f64(),
+    );
+    // After a failure the request may still have reached Forge: its state is not known.
+    if leaves_changes || result.is_err() {
+        backend.forget_options();
+    }
+    let mut response = result?;
+    describe(response.headers_mut(), &plan, reading.as_ref());
+    Ok(response)
+}
+
+/// Tells the client what the proxy decided.
+fn describe(headers: &mut http::HeaderMap, plan: &Plan, reading: Option<&VramReading>) {
+    put(headers, PROFILE_HEADER, &plan.profile_name);
+    if let Some(mib) = plan.inference_memory_mib {
+        put(headers, INFERENCE_MEMORY_HEADER, &mib.to_string());
+    }
+    if let Some(mib) = plan.gpu_weights_mib {
+        put(headers, GPU_WEIGHTS_HEADER, &mib.to_string());
+    }
+    let applied = if plan.options.is_empty() {
+        "false"
+    } else {
+        "true"
+    };
+    put(headers, OPTIONS_APPLIED_HEADER, applied);
+    put(
+        headers,
+        VRAM_SOURCE_HEADER,
+        reading.map_or("none", |r| r.source),
+    );
+}
+
+fn put(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// The backend's options: read again when verifying (Forge's UI resets them on page
+/// reload) or when unknown; else what the proxy last saw and applied.
+pub async fn current_options(
+    state: &AppState,
+    backend: &BackendState,
+    forge: &Forge<'_>,
+) -> Result<Map<String, Value>, ProxyError> {
+    if !state.config.memory.verify_before_generation {
+        if let Some(known) = backend.known_options() {
+            return Ok(known);
+        }
+    }
+    match forge.options().await {
+        Ok(options) => {
+            if let Some(value) = options.get(INFERENCE_MEMORY).and_then(Value::as_f64) {
+                state
+                    .metrics
+                    .inference_memory(&backend.config.url, value.max(0.0) as u64);
+            }
+            backend.update_view(|view| view.options = Some(options.clone()));
+            Ok(options)
+        }
+        Err(source) => {
+            backend.forget_options();
+            Err(ProxyError::preparing(&backend.config.url, source))
+        }
+    }
+}
+
+/// A fresh reading, kept for the status page; `None` (and the reason logged) when neither
+/// NVML nor the backend can say.
+pub async fn read_vram(
+    state: &AppState,
+    backend: &BackendState,
+    forge: &Forge<'_>,
+) -> Option<VramReading> {
+    match backend.vram.read(forge).await {
+        Ok(reading) => {
+            state.metrics.vram(
+                &backend.config.gpu.to_string(),
+                reading.source,
+                reading.total_mib,
+                reading.used_mib,
+            );
+            backend.update_view(|view| {
+                view.last_reading = Some(reading.clone());
+                view.reading_error = None;
+            });
+            Some(reading)
+        }
+        Err(reason) => {
+            tracing::warn!(backend = %backend.config.url, reason = %reason, "no VRAM reading");
+            backend.update_view(|view| view.reading_error = Some(reason));
+            None
+        }
+    }
+}
+
+/// Keeps the loaded profile and the applied memory for the status page and metrics.
+pub fn note_profile(state: &AppState, backend: &BackendState, plan: &Plan) {
+    let previous = backend.update_view(|view| view.profile.replace(plan.profile_name.clone()));
+    if let Some(previous) = previous.filter(|p| *p != plan.profile_name) {
+        state
+            .metrics
+            .profile_switch(&backend.config.url, &previous, &plan.profile_name);
+    }
+    if let Some(mib) = plan.inference_memory_mib {
+        state.metrics.inference_memory(&backend.config.url, mib);
+    }
 }

@@ -16,17 +16,26 @@
 //! - [`server`] — [`run`] with graceful shutdown.
 //! - [`state`] — [`AppState`], shared by every handler.
 
+pub mod backend;
+pub mod client_options;
 pub mod config;
+pub mod decisions;
 pub mod error;
+pub mod forge;
 pub mod forward;
 pub mod generation;
+pub mod inspect;
+pub mod metrics;
 pub mod nvml;
 pub mod observe;
+pub mod plan;
 pub mod policy;
 pub mod profile;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod status;
+pub mod vram;
 
 pub use config::Config;
 pub use routes::app;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use forge_vram_proxy::config::{self, OverrideLog, Overrides};
+use forge_vram_proxy::nvml::{format_gpus, Nvml};
 use forge_vram_proxy::observe::init_tracing;
 use forge_vram_proxy::server::{check_health, shutdown_signal};
 use forge_vram_proxy::Config;
@@ -27,6 +28,9 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Path of the NVML library [default: the system's libnvidia-ml.so.1].
+    #[arg(long, global = true)]
+    nvml_library: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -38,6 +42,8 @@ enum Command {
         /// Config file to check (same as --config).
         file: Option<PathBuf>,
     },
+    /// Print the GPUs NVML sees (index, UUID, name, total/used/free MiB), or why it cannot.
+    Gpus,
     /// Exit 0 when the proxy listening at the configured address answers /proxy/health
     /// (for container health checks).
     Health,
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
         listen: cli.listen.clone(),
         backends: Overrides::backend_urls(&cli.backends),
         log: cli.log_format.clone().map(|format| OverrideLog { format }),
+        nvml_library: cli.nvml_library.clone(),
     };
     let file = match &cli.command {
         Some(Command::CheckConfig { file: Some(file) }) => Some(file.clone()),
@@ -76,6 +83,29 @@ fn main() -> ExitCode {
             println!("# configuration is valid; effective values:");
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
+        }
+        Some(Command::Gpus) => {
+            let library = config.nvml_library.clone();
+            let listed = runtime.block_on(async move {
+                tokio::task::spawn_blocking(move || {
+                    Nvml::load(library.as_deref()).and_then(|nvml| nvml.list())
+                })
+                .await
+            });
+            match listed {
+                Ok(Ok(gpus)) => {
+                    print!("{}", format_gpus(&gpus));
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(e)) => {
+                    eprintln!("forge-vram-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("forge-vram-proxy: reading the GPUs failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some(Command::Health) => {
             let timeout = std::time::Duration::from_secs(3);

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{middleware, Json, Router};
 use http::{Method, Request, StatusCode};
 use serde_json::json;
@@ -15,7 +16,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::error::ProxyError;
 use crate::forward::Route;
-use crate::generation;
+use crate::{client_options, generation, status};
+
+/// Forge's options route: a client's POST there is inspected (memory keys, checkpoint).
+const OPTIONS_PATH: &str = "/sdapi/v1/options";
 use crate::observe::access_log;
 use crate::state::AppState;
 
@@ -26,8 +30,15 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/proxy/health", get(health))
         .route("/proxy/ready", get(ready))
+        .route("/proxy/status", get(status::status))
+        .route("/proxy/metrics", get(status::metrics))
+        .route("/proxy/plan/{route}", post(status::plan))
         .route("/proxy/{*rest}", any(unknown_proxy_route))
         .fallback(proxy_request)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .layer(middleware::from_fn(access_log))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -54,6 +65,8 @@ async fn proxy_request(State(state): State<AppState>, request: Request<Body>) ->
             .any(|route| route == request.uri().path());
     if is_generation {
         generation::handle(state, client_ip, request).await
+    } else if request.method() == Method::POST && request.uri().path() == OPTIONS_PATH {
+        client_options::handle(state, client_ip, request).await
     } else {
         forward_to_backend(&state, client_ip, request, RouteKind::PassThrough).await
     }
@@ -80,6 +93,30 @@ pub async fn forward_to_backend(
             error.into_response()
         }
     }
+}
+
+/// Counts every request by route and status for `/proxy/metrics`.
+async fn count_requests(
+    State(state): State<AppState>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let route = if path.starts_with("/proxy/") {
+        "proxy"
+    } else if request.method() == Method::POST
+        && state.config.generation_routes.iter().any(|r| r == path)
+    {
+        path.rsplit('/').next().unwrap_or("generation")
+    } else if request.method() == Method::POST && path == OPTIONS_PATH {
+        "options"
+    } else {
+        "pass_through"
+    };
+    let route = route.to_owned();
+    let response = next.run(request).await;
+    state.metrics.request(&route, response.status().as_u16());
+    response
 }
 
 /// Liveness: the process answers.

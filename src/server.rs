@@ -18,7 +18,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = config.timeouts.shutdown_grace;
-    let state = AppState::new(config);
+    let state = AppState::build(config).await;
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();

@@ -2,22 +2,71 @@
 
 use std::sync::Arc;
 
+use crate::backend::BackendState;
 use crate::config::Config;
+use crate::decisions::Decisions;
 use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::nvml::{Nvml, NvmlError};
+use crate::vram::VramSource;
 
 /// Cheap to clone: `Arc`s and the pooled client (itself an `Arc` inside).
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub forwarder: Forwarder,
+    pub backends: Arc<[BackendState]>,
+    pub decisions: Arc<Decisions>,
+    pub metrics: Metrics,
+    /// Why NVML is not used, when it is not (shown on `/proxy/status`).
+    pub nvml_error: Option<String>,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
+    /// Loads NVML (off the async threads) and picks each backend's VRAM source, saying once
+    /// why NVML is not used when it is not.
+    pub async fn build(config: Config) -> Self {
+        let library = config.nvml_library.clone();
+        let nvml: Result<Nvml, String> =
+            match tokio::task::spawn_blocking(move || Nvml::load(library.as_deref())).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(e) => Err(NvmlError::Interrupted(e.to_string()).to_string()),
+            };
+        let nvml_error = nvml.as_ref().err().cloned();
+        if let Some(reason) = &nvml_error {
+            tracing::warn!(
+                reason = %reason,
+                "NVML is not available: VRAM is read from each backend's /sdapi/v1/memory"
+            );
+        }
+        let backends: Vec<BackendState> = {
+            let nvml = nvml.clone();
+            let configs = config.backends.clone();
+            tokio::task::spawn_blocking(move || {
+                configs
+                    .into_iter()
+                    .map(|backend| {
+                        let vram = VramSource::choose(&backend, &nvml);
+                        if let VramSource::Backend { why } = &vram {
+                            if nvml.is_ok() {
+                                tracing::warn!(backend = %backend.url, reason = %why, "not using NVML for this backend");
+                            }
+                        }
+                        BackendState::new(backend, vram)
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        };
         let forwarder = Forwarder::new(&config);
         Self {
             config: Arc::new(config),
             forwarder,
+            backends: backends.into(),
+            decisions: Arc::default(),
+            metrics: Metrics::new(),
+            nvml_error,
         }
     }
 }

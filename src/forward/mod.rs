@@ -13,9 +13,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{LengthLimitError, Limited};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -145,6 +146,54 @@ impl Forwarder {
         failed(backend, method, path, error)
     }
 
+    /// A small call of the proxy's own (options, memory): the whole answer is read, up to
+    /// [`OWN_CALL_MAX_BODY`] bytes.
+    pub async fn call(
+        &self,
+        backend: &Backend,
+        method: Method,
+        path: &'static str,
+        body: Option<Bytes>,
+        authorization: Option<&HeaderValue>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let uri = backend_uri(backend, &Uri::from_static(path))
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(auth) = authorization {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = match body {
+            Some(body) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body)),
+            None => request.body(Body::empty()),
+        }
+        .map_err(|e| CallError::Failed(e.to_string()))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    CallError::Unreachable(root_cause(&e))
+                } else {
+                    CallError::Failed(root_cause(&e))
+                }
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), OWN_CALL_MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| CallError::Failed(e.to_string()))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        match timeout {
+            Some(after) => tokio::time::timeout(after, exchange)
+                .await
+                .map_err(|_| CallError::Timeout(after))?,
+            None => exchange.await,
+        }
+    }
+
     /// Whether the backend answers HTTP at all (any status counts).
     pub async fn probe(&self, backend: &Backend, timeout: Duration) -> Result<(), String> {
         let uri = backend_uri(backend, &Uri::from_static("/sdapi/v1/progress"))
@@ -161,6 +210,20 @@ impl Forwarder {
             )),
         }
     }
+}
+
+/// Answers of Forge's own endpoints are small (options: ~11 KB); anything near this is wrong.
+pub const OWN_CALL_MAX_BODY: usize = 16 << 20;
+
+/// Why one of the proxy's own calls to a backend got no usable answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
 }
 
 fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> ProxyError {

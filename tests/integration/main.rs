@@ -4,4 +4,5 @@ mod cli;
 mod passthrough;
 mod process;
 mod support;
+mod vram;
 mod webuiapi;

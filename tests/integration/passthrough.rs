@@ -10,8 +10,17 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{client, dead_backend, sim, sim_with, Proxy};
 
-/// Headers that legitimately differ: the clock, and the request id the proxy adds.
-const NOT_COMPARED: [&str; 2] = ["date", "x-request-id"];
+/// Headers that legitimately differ: the clock, the request id the proxy adds, and the
+/// proxy's account of a generation's memory decision.
+const NOT_COMPARED: [&str; 7] = [
+    "date",
+    "x-request-id",
+    "x-forge-proxy-profile",
+    "x-forge-proxy-inference-memory",
+    "x-forge-proxy-gpu-weights",
+    "x-forge-proxy-options-applied",
+    "x-forge-proxy-vram-source",
+];
 
 struct Answer {
     status: StatusCode,

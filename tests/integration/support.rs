@@ -32,9 +32,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy in front of `backend_url`, reading VRAM from the backend's `/sdapi/v1/memory`
+    /// (so a GPU on the test machine plays no part); `extra_toml` continues the backend's
+    /// table.
     pub async fn start(backend_url: &str, extra_toml: &str) -> Proxy {
-        let toml = format!("[[backends]]\nurl = \"{backend_url}\"\n{extra_toml}");
-        let config = from_toml_str(&toml).expect("test config");
+        let toml = format!(
+            "[[backends]]\nurl = \"{backend_url}\"\nvram_source = \"backend\"\n{extra_toml}"
+        );
+        Self::start_toml(&toml).await
+    }
+
+    /// A proxy from a whole configuration file's text.
+    pub async fn start_toml(toml: &str) -> Proxy {
+        let config = from_toml_str(toml).expect("test config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -188,4 +198,94 @@ pub fn tiny_png_base64() -> String {
             .expect("png data");
     }
     base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+/// The stand-in NVML library built by `cargo build -p fake-nvml` (and `cargo test --workspace`).
+pub fn fake_nvml_library() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("test binary folder");
+    let name = format!(
+        "{}fake_nvml{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let candidates = [deps.join(&name), deps.join("..").join(&name)];
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the fake NVML library is missing ({}): run `cargo build -p fake-nvml` \
+                 (`cargo test --workspace` builds it too)",
+                candidates[0].display()
+            )
+        })
+}
+
+/// The fake NVML's device file: what the "live" GPU reports, changeable while the proxy runs.
+pub struct FakeGpu {
+    pub path: std::path::PathBuf,
+    pub uuid: String,
+}
+
+impl FakeGpu {
+    pub fn new(total_mib: u64) -> FakeGpu {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("fvp-gpu-{}-{n}.json", std::process::id()));
+        let gpu = FakeGpu {
+            path,
+            uuid: format!("GPU-00000000-0000-4000-8000-{n:012}"),
+        };
+        gpu.set(total_mib, 600);
+        gpu
+    }
+
+    /// Writes a new reading; the proxy sees it on its next NVML call.
+    pub fn set(&self, total_mib: u64, used_mib: u64) {
+        let devices = serde_json::json!([{
+            "uuid": self.uuid, "name": "Simulated RTX", "total_mib": total_mib, "used_mib": used_mib
+        }]);
+        std::fs::write(&self.path, devices.to_string()).expect("write fake GPU file");
+    }
+
+    /// The proxy binary in front of `backend`, reading this GPU through the fake NVML.
+    pub fn proxy(&self, backend: &str, extra_args: &[&str]) -> ProxyProcess {
+        let library = fake_nvml_library();
+        let library = library.to_str().expect("utf-8 path");
+        let mut args = vec!["--backend", backend, "--nvml-library", library];
+        args.extend_from_slice(extra_args);
+        let path = self.path.to_str().expect("utf-8 path").to_owned();
+        ProxyProcess::start_with_env(&args, &[("FAKE_NVML_DEVICES", &path)])
+    }
+}
+
+impl Drop for FakeGpu {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The simulator's default checkpoints, by family.
+pub const FLUX: &str = "flux1-dev-Q4_0.gguf";
+pub const SDXL: &str = "sd_xl_base_1.0.safetensors";
+pub const SD15: &str = "v1-5-pruned-emaonly.safetensors";
+
+/// A txt2img body that asks for `checkpoint` through `override_settings`.
+pub fn txt2img_with(checkpoint: &str) -> String {
+    serde_json::json!({
+        "prompt": "a lighthouse", "steps": 2,
+        "override_settings": {"sd_model_checkpoint": checkpoint}
+    })
+    .to_string()
+}
+
+/// The simulator's journal entries of one kind.
+pub fn journal_of(sim: &SimServer, kind: &str) -> Vec<serde_json::Value> {
+    sim.state()
+        .journal()
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
 }

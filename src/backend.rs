@@ -1,0 +1,128 @@
+//! What the proxy knows of each backend, and the lock that makes its options call and the
+//! generation it prepared one critical section.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::Backend;
+use crate::vram::{VramReading, VramSource};
+
+pub struct BackendState {
+    pub config: Backend,
+    pub vram: VramSource,
+    /// Held from the proxy's options call to the end of the generation it prepared, so no
+    /// other generation or options change of the proxy's slips in between. Pass-through
+    /// traffic never takes it.
+    pub generation_lock: tokio::sync::Mutex<()>,
+    view: Mutex<View>,
+    /// Generations waiting for `generation_lock`.
+    pub waiting: AtomicU64,
+    /// Generations holding it (0 or 1).
+    pub running: AtomicU64,
+}
+
+/// The proxy's picture of the backend; a short `std` lock, never held across `.await`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct View {
+    /// The backend's options as last read or set; `None` when unknown (re-read before use).
+    #[serde(skip)]
+    pub options: Option<Map<String, Value>>,
+    /// The profile of the backend's last generation or checkpoint change.
+    pub profile: Option<String>,
+    pub last_reading: Option<VramReading>,
+    /// Why the last reading failed, when it did.
+    pub reading_error: Option<String>,
+}
+
+impl BackendState {
+    pub fn new(config: Backend, vram: VramSource) -> Self {
+        Self {
+            config,
+            vram,
+            generation_lock: tokio::sync::Mutex::new(()),
+            view: Mutex::new(View::default()),
+            waiting: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the current view.
+    pub fn view(&self) -> View {
+        self.lock_view().clone()
+    }
+
+    /// Changes the view under its lock.
+    pub fn update_view<R>(&self, change: impl FnOnce(&mut View) -> R) -> R {
+        change(&mut self.lock_view())
+    }
+
+    /// Options known to the proxy, if it trusts them.
+    pub fn known_options(&self) -> Option<Map<String, Value>> {
+        self.lock_view().options.clone()
+    }
+
+    /// Forget the options: the next use reads them again (after a failed options call, or
+    /// when the backend may have changed them).
+    pub fn forget_options(&self) {
+        self.lock_view().options = None;
+    }
+
+    /// Records `changes` as applied.
+    pub fn applied(&self, changes: &Map<String, Value>) {
+        let mut view = self.lock_view();
+        if let Some(options) = view.options.as_mut() {
+            for (key, value) in changes {
+                options.insert(key.clone(), value.clone());
+            }
+        }
+    }
+
+    fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
+        // A panic while holding this lock leaves a plain data snapshot: still usable.
+        self.view
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn queue_length(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a generation as waiting, then running, for the status page; undone on drop.
+pub struct Occupancy<'a> {
+    backend: &'a BackendState,
+    running: bool,
+}
+
+impl<'a> Occupancy<'a> {
+    pub fn waiting(backend: &'a BackendState) -> Self {
+        backend.waiting.fetch_add(1, Ordering::Relaxed);
+        Self {
+            backend,
+            running: false,
+        }
+    }
+
+    pub fn start(&mut self) {
+        if !self.running {
+            self.backend.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.backend.running.fetch_add(1, Ordering::Relaxed);
+            self.running = true;
+        }
+    }
+}
+
+impl Drop for Occupancy<'_> {
+    fn drop(&mut self) {
+        let counter = if self.running {
+            &self.backend.running
+        } else {
+            &self.backend.waiting
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}

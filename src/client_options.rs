@@ -1,0 +1,213 @@
+//! A client's own `POST /sdapi/v1/options`.
+//!
+//! The proxy owns the memory keys: a client that posts them (Open WebUI posts back the whole
+//! options dict, stale memory value included, to change the checkpoint) has them removed,
+//! honoured or refused as configured. A checkpoint change goes through the backend's
+//! critical section, with the new profile's memory added to the same call.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{header, Request};
+use serde_json::{Map, Value};
+
+use crate::backend::Occupancy;
+use crate::config::ClientMemoryOptions;
+use crate::decisions::Decision;
+use crate::error::ProxyError;
+use crate::forge::Forge;
+use crate::generation::{current_options, note_profile, read_vram};
+use crate::inspect::{read_body, set_length, GenerationBody};
+use crate::observe::REQUEST_ID_HEADER;
+use crate::plan::{self, same_value, Inputs, PROXY_OWNED, RELOAD_ON_PRESENCE};
+use crate::routes::{forward_to_backend, RouteKind};
+use crate::state::AppState;
+
+pub async fn handle(
+    state: AppState,
+    client_ip: Option<IpAddr>,
+    request: Request<Body>,
+) -> Response {
+    match set_options(&state, client_ip, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(error = %error, "options call refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn set_options(
+    state: &AppState,
+    client_ip: Option<IpAddr>,
+    request: Request<Body>,
+) -> Result<Response, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(&parts.headers, body, state.config.max_request_body).await?;
+    let Ok(Value::Object(mut changes)) = serde_json::from_slice::<Value>(&bytes) else {
+        let request = Request::from_parts(parts, Body::from(bytes));
+        return Ok(forward_to_backend(state, client_ip, request, RouteKind::PassThrough).await);
+    };
+    let posted = changes.len();
+    let owned: Vec<String> = PROXY_OWNED
+        .iter()
+        .filter(|key| changes.contains_key(**key))
+        .map(|key| (*key).to_owned())
+        .collect();
+    match state.config.memory.client_memory_options {
+        _ if owned.is_empty() => {}
+        ClientMemoryOptions::Reject => {
+            return Err(ProxyError::ClientMemoryOptions {
+                keys: owned,
+                place: "the options call",
+            })
+        }
+        ClientMemoryOptions::Strip => {
+            tracing::info!(keys = ?owned, "removed the client's memory options");
+            for key in &owned {
+                changes.remove(key);
+            }
+        }
+        ClientMemoryOptions::Honor => {}
+    }
+
+    let backend = &state.backends[0];
+    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    let forge = Forge {
+        forwarder: &state.forwarder,
+        backend: &backend.config,
+        authorization: authorization.as_ref(),
+    };
+    let known = backend.known_options();
+    let checkpoint = changes
+        .get("sd_model_checkpoint")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let checkpoint_changes = match (&checkpoint, &known) {
+        (None, _) => false,
+        (Some(new), Some(known)) => {
+            known.get("sd_model_checkpoint").and_then(Value::as_str) != Some(new)
+        }
+        (Some(_), None) => true,
+    };
+
+    if !checkpoint_changes {
+        if let Some(known) = &known {
+            drop_unchanged_reload_keys(&mut changes, known);
+        }
+        let modified = changes.len() != posted;
+        return Ok(send(state, client_ip, parts, &bytes, changes, modified).await);
+    }
+
+    // A checkpoint change: the proxy's options and this call form one critical section.
+    let mut occupancy = Occupancy::waiting(backend);
+    let _critical = backend.generation_lock.lock().await;
+    occupancy.start();
+    let current = current_options(state, backend, &forge).await?;
+    drop_unchanged_reload_keys(&mut changes, &current);
+    let reading = read_vram(state, backend, &forge).await;
+    let probe = serde_json::json!({"override_settings": {"sd_model_checkpoint": checkpoint}});
+    let probe = probe.to_string();
+    let body = GenerationBody::parse(probe.as_bytes()).ok_or_else(|| ProxyError::ClientBody {
+        reason: "cannot describe the checkpoint change".to_owned(),
+    })?;
+    let plan = plan::plan(
+        &state.config,
+        &Inputs {
+            header: None,
+            body: &body,
+            current: &current,
+            reading: reading.as_ref(),
+        },
+    )?;
+    // The client's own values win, except for the keys the proxy owns (unless honoured).
+    for (key, value) in &plan.options {
+        changes.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let sent = changes.clone();
+    let modified = sent.len() != posted || !plan.options.is_empty();
+    let response = send(state, client_ip, parts, &bytes, changes, modified).await;
+    let ok = response.status().is_success();
+    if ok {
+        backend.update_view(|view| {
+            if let Some(options) = view.options.as_mut() {
+                for (key, value) in &sent {
+                    options.insert(key.clone(), value.clone());
+                }
+            }
+        });
+        note_profile(state, backend, &plan);
+    } else {
+        backend.forget_options();
+    }
+    state.metrics.options_call(
+        &backend.config.url,
+        if ok { plan.outcome } else { "failed" },
+        if ok {
+            plan.reason
+        } else {
+            "options_call_failed"
+        },
+    );
+    state.decisions.record(Decision {
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default(),
+        request_id,
+        route: "options".to_owned(),
+        backend: backend.config.url.clone(),
+        profile: plan.profile_name.clone(),
+        why_profile: plan.why_profile.clone(),
+        reading,
+        computed: plan.computed.clone(),
+        options_sent: plan.options.clone(),
+        outcome: if ok { plan.outcome } else { "failed" },
+        reason: if ok {
+            plan.reason.to_owned()
+        } else {
+            format!("backend answered {}", response.status())
+        },
+    });
+    Ok(response)
+}
+
+/// `forge_async_loading` / `forge_pin_shared_memory` posted back unchanged would still make
+/// Forge reload the model (their presence triggers its memory refresh).
+fn drop_unchanged_reload_keys(changes: &mut Map<String, Value>, current: &Map<String, Value>) {
+    for key in RELOAD_ON_PRESENCE {
+        if let (Some(new), Some(now)) = (changes.get(key), current.get(key)) {
+            if same_value(new, now) {
+                changes.remove(key);
+            }
+        }
+    }
+}
+
+/// Forwards the client's call, with its original bytes unless the proxy changed them.
+async fn send(
+    state: &AppState,
+    client_ip: Option<IpAddr>,
+    mut parts: http::request::Parts,
+    original: &bytes::Bytes,
+    changes: Map<String, Value>,
+    modified: bool,
+) -> Response {
+    let body = if !modified {
+        original.clone()
+    } else {
+        let bytes = bytes::Bytes::from(Value::Object(changes).to_string());
+        set_length(&mut parts.headers, bytes.len());
+        bytes
+    };
+    let request = Request::from_parts(parts, Body::from(body));
+    forward_to_backend(state, client_ip, request, RouteKind::PassThrough).await
+}

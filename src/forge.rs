@@ -1,0 +1,183 @@
+//! The proxy's own calls to Forge: read its options, change them, read its memory.
+//!
+//! With Forge's `--api-auth`, these calls carry the client's `Authorization` header (the
+//! proxy acts for that client).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use serde_json::{Map, Value};
+
+use crate::config::Backend;
+use crate::forward::{CallError, Forwarder};
+
+/// `GET`/`POST /sdapi/v1/options` answer in milliseconds; a backend that takes longer is stuck.
+pub const OPTIONS_TIMEOUT: Duration = Duration::from_secs(30);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Why a call to Forge failed, as the client's error message says it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForgeError {
+    #[error("{call} {path}: {source}")]
+    Call {
+        call: &'static str,
+        path: &'static str,
+        source: CallError,
+    },
+    #[error("{call} {path}: backend answered {status}: {detail}")]
+    Status {
+        call: &'static str,
+        path: &'static str,
+        status: u16,
+        detail: String,
+    },
+    #[error("{call} {path}: unexpected answer: {detail}")]
+    Invalid {
+        call: &'static str,
+        path: &'static str,
+        detail: String,
+    },
+}
+
+/// The memory a backend reports at `/sdapi/v1/memory`, in MiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackendMemory {
+    pub total_mib: u64,
+    pub used_mib: u64,
+    pub free_mib: u64,
+}
+
+/// One backend, as seen by the proxy's own calls.
+pub struct Forge<'a> {
+    pub forwarder: &'a Forwarder,
+    pub backend: &'a Backend,
+    pub authorization: Option<&'a HeaderValue>,
+}
+
+const OPTIONS: &str = "/sdapi/v1/options";
+const MEMORY: &str = "/sdapi/v1/memory";
+
+impl Forge<'_> {
+    /// Every option with its current value.
+    pub async fn options(&self) -> Result<Map<String, Value>, ForgeError> {
+        let body = self.exchange("GET", Method::GET, OPTIONS, None).await?;
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(options)) => Ok(options),
+            Ok(_) | Err(_) => Err(ForgeError::Invalid {
+                call: "GET",
+                path: OPTIONS,
+                detail: "not a JSON object".to_owned(),
+            }),
+        }
+    }
+
+    /// Sets `changes`; Forge answers `null` on success.
+    pub async fn set_options(&self, changes: &Map<String, Value>) -> Result<(), ForgeError> {
+        let body = serde_json::to_vec(changes).map_err(|e| ForgeError::Invalid {
+            call: "POST",
+            path: OPTIONS,
+            detail: e.to_string(),
+        })?;
+        self.exchange("POST", Method::POST, OPTIONS, Some(body.into()))
+            .await
+            .map(drop)
+    }
+
+    /// `cuda.system` of `/sdapi/v1/memory`: the whole device, in bytes, converted to MiB.
+    pub async fn memory(&self) -> Result<BackendMemory, ForgeError> {
+        let body = self.exchange("GET", Method::GET, MEMORY, None).await?;
+        let invalid = |detail: String| ForgeError::Invalid {
+            call: "GET",
+            path: MEMORY,
+            detail,
+        };
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let cuda = &value["cuda"];
+        if let Some(error) = cuda.get("error") {
+            return Err(invalid(format!(
+                "no CUDA device ({})",
+                error.as_str().unwrap_or("?")
+            )));
+        }
+        let system = &cuda["system"];
+        let mib = |key: &str| {
+            system[key]
+                .as_f64()
+                .map(|bytes| (bytes / MIB).floor() as u64)
+                .ok_or_else(|| invalid(format!("cuda.system.{key} missing")))
+        };
+        Ok(BackendMemory {
+            total_mib: mib("total")?,
+            used_mib: mib("used")?,
+            free_mib: mib("free")?,
+        })
+    }
+
+    async fn exchange(
+        &self,
+        call: &'static str,
+        method: Method,
+        path: &'static str,
+        body: Option<Bytes>,
+    ) -> Result<Bytes, ForgeError> {
+        let (status, answer) = self
+            .forwarder
+            .call(
+                self.backend,
+                method,
+                path,
+                body,
+                self.authorization,
+                Some(OPTIONS_TIMEOUT),
+            )
+            .await
+            .map_err(|source| ForgeError::Call { call, path, source })?;
+        if !status.is_success() {
+            return Err(ForgeError::Status {
+                call,
+                path,
+                status: status.as_u16(),
+                detail: error_detail(&answer),
+            });
+        }
+        Ok(answer)
+    }
+}
+
+/// The readable part of a Forge error body (`message`, `errors` or `detail`), else its start.
+fn error_detail(body: &[u8]) -> String {
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        for key in ["message", "errors", "detail"] {
+            match &value[key] {
+                Value::String(text) if !text.is_empty() => return text.clone(),
+                Value::Null => {}
+                Value::String(_) => {}
+                other => return other.to_string(),
+            }
+        }
+    }
+    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_detail_prefers_forge_message_then_a1111_errors_then_fastapi_detail() {
+        let forge = br#"{"error": "RuntimeError", "detail": "", "body": "", "message": "model 'nope' not found"}"#;
+        assert_eq!(error_detail(forge), "model 'nope' not found");
+        assert_eq!(error_detail(br#"{"errors": "boom"}"#), "boom");
+        assert_eq!(error_detail(br#"{"detail": "Not Found"}"#), "Not Found");
+        assert_eq!(
+            error_detail(br#"{"detail": [{"type": "json_invalid"}]}"#),
+            r#"[{"type":"json_invalid"}]"#
+        );
+        assert_eq!(
+            error_detail(b"Internal Server Error"),
+            "Internal Server Error"
+        );
+    }
+}

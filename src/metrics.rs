@@ -1,0 +1,546 @@
+//! The proxy's Prometheus metrics: what it forwarded, how long generations took, which
+//! memory decisions it made and what the GPUs looked like when it made them.
+//!
+//! Handlers record through [`Metrics`]; `/proxy/metrics` serves [`Metrics::render`] with
+//! [`CONTENT_TYPE`]. The text is the classic Prometheus format (0.0.4) rather than
+//! OpenMetrics, because every scraper reads it and it has no `# EOF` terminator or
+//! `_created` series that simpler parsers trip over.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` to serve [`Metrics::render`]'s text with: the Prometheus text
+/// format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Every metric's name starts with this, so the proxy's series stand apart from Forge's
+/// or the node exporter's on the same dashboard.
+const PREFIX: &str = "forge_proxy";
+
+/// Upper bounds (seconds) of the generation-duration buckets. A generation takes from
+/// under a second (a small SD 1.5 image on a fast card) to several minutes (Flux at high
+/// resolution, or a first load from disk), so the buckets grow roughly exponentially up
+/// to the ten minutes after which a generation is as good as stuck.
+const GENERATION_BUCKETS: [f64; 14] = [
+    0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0,
+];
+
+/// A memory value as a gauge: `u64` so a MiB count is stored as it is, with no
+/// conversion to saturate.
+type MibGauge = Gauge<u64, AtomicU64>;
+
+/// A histogram family needs a constructor because histograms have no `Default`; a plain
+/// function pointer keeps the type nameable.
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GenerationLabels {
+    backend: String,
+    profile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OptionsCallLabels {
+    backend: String,
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabels {
+    gpu: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProfileSwitchLabels {
+    backend: String,
+    from: String,
+    to: String,
+}
+
+/// The proxy's Prometheus metrics, shared by every handler (cheap to clone: `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+/// The registry and handles to its families: recording goes through the handles, and
+/// the registry only exists to encode them all at once.
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    generation_duration: HistogramFamily<GenerationLabels>,
+    options_calls: Family<OptionsCallLabels, Counter>,
+    vram_total: Family<GpuLabels, MibGauge>,
+    vram_used: Family<GpuLabels, MibGauge>,
+    inference_memory: Family<BackendLabels, MibGauge>,
+    profile_switches: Family<ProfileSwitchLabels, Counter>,
+}
+
+fn generation_histogram() -> Histogram {
+    Histogram::new(GENERATION_BUCKETS)
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all series empty until something is recorded.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Finished requests by route and response status",
+            requests.clone(),
+        );
+
+        let generation_duration: HistogramFamily<GenerationLabels> =
+            Family::new_with_constructor(generation_histogram);
+        registry.register(
+            "generation_duration_seconds",
+            "Time from a generation getting its backend to its response headers",
+            generation_duration.clone(),
+        );
+
+        let options_calls = Family::<OptionsCallLabels, Counter>::default();
+        registry.register(
+            "options_calls",
+            "Options decisions before a generation or a checkpoint change, by outcome and reason",
+            options_calls.clone(),
+        );
+
+        let vram_total = Family::<GpuLabels, MibGauge>::default();
+        registry.register(
+            "vram_total_mib",
+            "Total memory of a GPU in MiB at its latest reading",
+            vram_total.clone(),
+        );
+
+        let vram_used = Family::<GpuLabels, MibGauge>::default();
+        registry.register(
+            "vram_used_mib",
+            "Used memory of a GPU in MiB at its latest reading",
+            vram_used.clone(),
+        );
+
+        let inference_memory = Family::<BackendLabels, MibGauge>::default();
+        registry.register(
+            "inference_memory_mib",
+            "The backend's forge_inference_memory in MiB as the proxy last set or read it",
+            inference_memory.clone(),
+        );
+
+        let profile_switches = Family::<ProfileSwitchLabels, Counter>::default();
+        registry.register(
+            "profile_switches",
+            "Moves of a backend from one profile to another, each a model reload",
+            profile_switches.clone(),
+        );
+
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                generation_duration,
+                options_calls,
+                vram_total,
+                vram_used,
+                inference_memory,
+                profile_switches,
+            }),
+        }
+    }
+
+    /// One finished request: `route` is "txt2img", "img2img", "options", "pass_through"
+    /// or "proxy" (the proxy's own routes).
+    pub fn request(&self, route: &str, status: u16) {
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    /// A generation's duration from the moment it got its backend to its response
+    /// headers, per profile. Negative or NaN durations count as zero, so one bad clock
+    /// reading cannot poison the histogram's sum.
+    pub fn generation_seconds(&self, backend: &str, profile: &str, seconds: f64) {
+        self.inner
+            .generation_duration
+            .get_or_create(&GenerationLabels {
+                backend: backend.to_owned(),
+                profile: profile.to_owned(),
+            })
+            .observe(seconds.max(0.0));
+    }
+
+    /// An options decision before a generation or a client's checkpoint change: outcome
+    /// "applied" | "skipped" | "failed"; reason e.g. "changed", "same",
+    /// "within_hysteresis", "no_vram_reading", "options_call_failed".
+    pub fn options_call(&self, backend: &str, outcome: &str, reason: &str) {
+        self.inner
+            .options_calls
+            .get_or_create(&OptionsCallLabels {
+                backend: backend.to_owned(),
+                outcome: outcome.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The latest VRAM reading of a GPU (label: e.g. "0" or the UUID), with its source
+    /// "nvml" | "backend".
+    pub fn vram(&self, gpu: &str, source: &str, total_mib: u64, used_mib: u64) {
+        let labels = GpuLabels {
+            gpu: gpu.to_owned(),
+            source: source.to_owned(),
+        };
+        self.inner.vram_total.get_or_create(&labels).set(total_mib);
+        self.inner.vram_used.get_or_create(&labels).set(used_mib);
+    }
+
+    /// The backend's current `forge_inference_memory` (as the proxy knows it).
+    pub fn inference_memory(&self, backend: &str, mib: u64) {
+        self.inner
+            .inference_memory
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .set(mib);
+    }
+
+    /// The backend moved from one profile to another (a model reload).
+    pub fn profile_switch(&self, backend: &str, from: &str, to: &str) {
+        self.inner
+            .profile_switches
+            .get_or_create(&ProfileSwitchLabels {
+                backend: backend.to_owned(),
+                from: from.to_owned(),
+                to: to.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Every metric in the Prometheus text format (0.0.4), to serve with
+    /// [`CONTENT_TYPE`].
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail and no label value refuses to encode, so an
+        // error here is a bug in the encoder: log it and serve what was written.
+        if let Err(err) = prometheus_text::encode(&mut text, &self.inner.registry) {
+            tracing::error!(%err, "encoding the metrics failed");
+        }
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_parse::{Sample, Scrape, Value};
+
+    fn scrape(metrics: &Metrics) -> Scrape {
+        let text = metrics.render();
+        Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+            .unwrap_or_else(|err| panic!("render's text does not parse: {err}\n{text}"))
+    }
+
+    /// The one sample named `name` whose labels are exactly `labels`.
+    fn sample<'a>(scrape: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> &'a Sample {
+        let matching: Vec<&Sample> = scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == name
+                    && s.labels.len() == labels.len()
+                    && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            })
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected one {name}{labels:?}, found {matching:?} among {:?}",
+            scrape.samples
+        );
+        matching[0]
+    }
+
+    fn counter(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match sample(scrape, name, labels).value {
+            Value::Counter(v) => v,
+            ref other => panic!("{name} is not a counter: {other:?}"),
+        }
+    }
+
+    fn gauge(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match sample(scrape, name, labels).value {
+            Value::Gauge(v) => v,
+            ref other => panic!("{name} is not a gauge: {other:?}"),
+        }
+    }
+
+    /// `_count` and `_sum` of a histogram come back untyped from prometheus-parse.
+    fn untyped(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match sample(scrape, name, labels).value {
+            Value::Untyped(v) => v,
+            ref other => panic!("{name} is not untyped: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_per_route_and_status() {
+        let metrics = Metrics::new();
+        metrics.request("txt2img", 200);
+        metrics.request("txt2img", 200);
+        metrics.request("txt2img", 502);
+        metrics.request("pass_through", 200);
+
+        let scrape = scrape(&metrics);
+        let name = "forge_proxy_requests_total";
+        assert_eq!(
+            counter(&scrape, name, &[("route", "txt2img"), ("status", "200")]),
+            2.0
+        );
+        assert_eq!(
+            counter(&scrape, name, &[("route", "txt2img"), ("status", "502")]),
+            1.0
+        );
+        assert_eq!(
+            counter(
+                &scrape,
+                name,
+                &[("route", "pass_through"), ("status", "200")]
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn generation_durations_land_in_their_buckets_per_profile() {
+        let metrics = Metrics::new();
+        metrics.generation_seconds("forge", "sdxl", 0.25);
+        metrics.generation_seconds("forge", "sdxl", 12.5);
+        metrics.generation_seconds("forge", "sdxl", 900.0);
+        metrics.generation_seconds("forge", "flux", 45.0);
+
+        let scrape = scrape(&metrics);
+        let sdxl = [("backend", "forge"), ("profile", "sdxl")];
+        let name = "forge_proxy_generation_duration_seconds";
+        assert_eq!(untyped(&scrape, &format!("{name}_count"), &sdxl), 3.0);
+        assert_eq!(untyped(&scrape, &format!("{name}_sum"), &sdxl), 912.75);
+
+        let Value::Histogram(buckets) = &sample(&scrape, name, &sdxl).value else {
+            panic!("{name} is not a histogram");
+        };
+        let le = |bound: f64| {
+            buckets
+                .iter()
+                .find(|b| b.less_than == bound)
+                .unwrap_or_else(|| panic!("no bucket le={bound} in {buckets:?}"))
+                .count
+        };
+        assert_eq!(le(0.5), 1.0);
+        assert_eq!(le(10.0), 1.0);
+        assert_eq!(le(15.0), 2.0);
+        assert_eq!(le(600.0), 2.0);
+        assert_eq!(le(f64::INFINITY), 3.0);
+
+        let flux = [("backend", "forge"), ("profile", "flux")];
+        assert_eq!(untyped(&scrape, &format!("{name}_count"), &flux), 1.0);
+    }
+
+    #[test]
+    fn generation_buckets_span_half_a_second_to_ten_minutes_in_order() {
+        assert_eq!(GENERATION_BUCKETS.first(), Some(&0.5));
+        assert_eq!(GENERATION_BUCKETS.last(), Some(&600.0));
+        assert!(GENERATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_negative_generation_duration_counts_as_zero() {
+        let metrics = Metrics::new();
+        metrics.generation_seconds("forge", "sd15", -3.0);
+
+        let scrape = scrape(&metrics);
+        let labels = [("backend", "forge"), ("profile", "sd15")];
+        let name = "forge_proxy_generation_duration_seconds";
+        assert_eq!(untyped(&scrape, &format!("{name}_sum"), &labels), 0.0);
+        assert_eq!(untyped(&scrape, &format!("{name}_count"), &labels), 1.0);
+    }
+
+    #[test]
+    fn options_calls_are_counted_per_outcome_and_reason() {
+        let metrics = Metrics::new();
+        metrics.options_call("forge", "applied", "changed");
+        metrics.options_call("forge", "skipped", "same");
+        metrics.options_call("forge", "skipped", "same");
+        metrics.options_call("forge", "failed", "options_call_failed");
+
+        let scrape = scrape(&metrics);
+        let name = "forge_proxy_options_calls_total";
+        let labels = |outcome, reason| {
+            [
+                ("backend", "forge"),
+                ("outcome", outcome),
+                ("reason", reason),
+            ]
+        };
+        assert_eq!(counter(&scrape, name, &labels("applied", "changed")), 1.0);
+        assert_eq!(counter(&scrape, name, &labels("skipped", "same")), 2.0);
+        assert_eq!(
+            counter(&scrape, name, &labels("failed", "options_call_failed")),
+            1.0
+        );
+    }
+
+    #[test]
+    fn vram_gauges_show_the_latest_reading() {
+        let metrics = Metrics::new();
+        metrics.vram("0", "nvml", 24_576, 1_000);
+        metrics.vram("0", "nvml", 24_576, 18_432);
+        metrics.vram("GPU-abc", "backend", 12_288, 512);
+
+        let scrape = scrape(&metrics);
+        let gpu0 = [("gpu", "0"), ("source", "nvml")];
+        assert_eq!(
+            gauge(&scrape, "forge_proxy_vram_total_mib", &gpu0),
+            24_576.0
+        );
+        assert_eq!(gauge(&scrape, "forge_proxy_vram_used_mib", &gpu0), 18_432.0);
+        let other = [("gpu", "GPU-abc"), ("source", "backend")];
+        assert_eq!(
+            gauge(&scrape, "forge_proxy_vram_total_mib", &other),
+            12_288.0
+        );
+        assert_eq!(gauge(&scrape, "forge_proxy_vram_used_mib", &other), 512.0);
+    }
+
+    #[test]
+    fn inference_memory_gauge_shows_the_last_value_set() {
+        let metrics = Metrics::new();
+        metrics.inference_memory("forge", 1024);
+        metrics.inference_memory("forge", 4096);
+
+        let scrape = scrape(&metrics);
+        assert_eq!(
+            gauge(
+                &scrape,
+                "forge_proxy_inference_memory_mib",
+                &[("backend", "forge")]
+            ),
+            4096.0
+        );
+    }
+
+    #[test]
+    fn profile_switches_are_counted_per_direction() {
+        let metrics = Metrics::new();
+        metrics.profile_switch("forge", "sdxl", "flux");
+        metrics.profile_switch("forge", "flux", "sdxl");
+        metrics.profile_switch("forge", "sdxl", "flux");
+
+        let scrape = scrape(&metrics);
+        let name = "forge_proxy_profile_switches_total";
+        let labels = |from, to| [("backend", "forge"), ("from", from), ("to", to)];
+        assert_eq!(counter(&scrape, name, &labels("sdxl", "flux")), 2.0);
+        assert_eq!(counter(&scrape, name, &labels("flux", "sdxl")), 1.0);
+    }
+
+    #[test]
+    fn clones_record_into_the_same_metrics() {
+        let metrics = Metrics::default();
+        let clone = metrics.clone();
+        clone.request("proxy", 200);
+        metrics.request("proxy", 200);
+
+        let scrape = scrape(&metrics);
+        assert_eq!(
+            counter(
+                &scrape,
+                "forge_proxy_requests_total",
+                &[("route", "proxy"), ("status", "200")]
+            ),
+            2.0
+        );
+    }
+
+    #[test]
+    fn rendered_text_is_prometheus_0_0_4_without_openmetrics_extras() {
+        let metrics = Metrics::new();
+        metrics.request("txt2img", 200);
+        metrics.generation_seconds("forge", "sdxl", 1.0);
+        let text = metrics.render();
+
+        assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("_created"), "{text}");
+        assert!(!text.contains("# UNIT"), "{text}");
+        assert!(
+            text.contains("# TYPE forge_proxy_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE forge_proxy_generation_duration_seconds histogram\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_metric_is_described_under_its_prefixed_name() {
+        let metrics = Metrics::new();
+        metrics.request("txt2img", 200);
+        metrics.generation_seconds("forge", "sdxl", 1.0);
+        metrics.options_call("forge", "applied", "changed");
+        metrics.vram("0", "nvml", 1, 1);
+        metrics.inference_memory("forge", 1);
+        metrics.profile_switch("forge", "sdxl", "flux");
+
+        let scrape = scrape(&metrics);
+        let mut documented: Vec<&str> = scrape.docs.keys().map(String::as_str).collect();
+        documented.sort_unstable();
+        assert_eq!(
+            documented,
+            [
+                "forge_proxy_generation_duration_seconds",
+                "forge_proxy_inference_memory_mib",
+                "forge_proxy_options_calls_total",
+                "forge_proxy_profile_switches_total",
+                "forge_proxy_requests_total",
+                "forge_proxy_vram_total_mib",
+                "forge_proxy_vram_used_mib",
+            ]
+        );
+    }
+}

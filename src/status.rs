@@ -1,0 +1,121 @@
+//! The proxy's own read-only routes: `/proxy/status`, `/proxy/plan/*`, `/proxy/metrics`.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{header, HeaderValue, Request};
+use serde_json::{json, Value};
+
+use crate::error::ProxyError;
+use crate::forge::Forge;
+use crate::generation::MODEL_TYPE_HEADER;
+use crate::inspect::{read_body, GenerationBody};
+use crate::metrics::CONTENT_TYPE;
+use crate::plan::{self, Inputs, INFERENCE_MEMORY};
+use crate::state::AppState;
+
+/// Each backend: where its readings come from, what it has loaded, what is waiting; and
+/// the last decisions.
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    let backends: Vec<Value> = state
+        .backends
+        .iter()
+        .map(|backend| {
+            let view = backend.view();
+            let option = |key: &str| view.options.as_ref().and_then(|o| o.get(key).cloned());
+            json!({
+                "url": backend.config.url,
+                "gpu": backend.config.gpu.to_string(),
+                "vram_source": backend.vram.name(),
+                "vram_source_why": match &backend.vram {
+                    crate::vram::VramSource::Backend { why } => Some(why.clone()),
+                    crate::vram::VramSource::Nvml { .. } => None,
+                },
+                "last_reading": view.last_reading,
+                "reading_error": view.reading_error,
+                "checkpoint": option("sd_model_checkpoint"),
+                "profile": view.profile,
+                "inference_memory_mib": option(INFERENCE_MEMORY),
+                "options_known": view.options.is_some(),
+                "generation_running": backend.running.load(std::sync::atomic::Ordering::Relaxed) > 0,
+                "queue_length": backend.queue_length(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "nvml": {"available": state.nvml_error.is_none(), "error": state.nvml_error},
+        "backends": backends,
+        "decisions": state.decisions.recent(),
+    }))
+}
+
+/// What the proxy would do for this generation body, without changing anything on Forge
+/// (it may read the backend's options and memory).
+pub async fn plan(
+    State(state): State<AppState>,
+    Path(route): Path<String>,
+    request: Request<Body>,
+) -> Result<Json<Value>, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let path = format!("/sdapi/v1/{route}");
+    if !state.config.generation_routes.iter().any(|r| *r == path) {
+        return Err(ProxyError::UnknownProxyRoute {
+            path: parts.uri.path().to_owned(),
+        });
+    }
+    let header = parts
+        .headers
+        .get(MODEL_TYPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = read_body(&parts.headers, body, state.config.max_request_body).await?;
+    let Some(body) = GenerationBody::parse(&bytes) else {
+        return Ok(Json(json!({
+            "forwarded_untouched": true,
+            "why": "the body is not a JSON object; Forge answers it as it would without the proxy",
+        })));
+    };
+    let backend = &state.backends[0];
+    let forge = Forge {
+        forwarder: &state.forwarder,
+        backend: &backend.config,
+        authorization: parts.headers.get(header::AUTHORIZATION),
+    };
+    let current = match backend.known_options() {
+        Some(known) if !state.config.memory.verify_before_generation => known,
+        _ => forge
+            .options()
+            .await
+            .map_err(|source| ProxyError::preparing(&backend.config.url, source))?,
+    };
+    let reading = backend.vram.read(&forge).await.ok();
+    let plan = plan::plan(
+        &state.config,
+        &Inputs {
+            header: header.as_deref(),
+            body: &body,
+            current: &current,
+            reading: reading.as_ref(),
+        },
+    )?;
+    Ok(Json(json!({
+        "backend": backend.config.url,
+        "route": path,
+        "vram_source": reading.as_ref().map_or("none", |r| r.source),
+        "reading": reading,
+        "current": {
+            "sd_model_checkpoint": current.get("sd_model_checkpoint"),
+            "forge_inference_memory": current.get(INFERENCE_MEMORY),
+        },
+        "plan": plan,
+    })))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
