@@ -122,9 +122,17 @@ async fn set_options(
             reading: reading.as_ref(),
         },
     )?;
-    // The client's own values win, except for the keys the proxy owns (unless honoured).
+    // The profile's options replace values the client merely echoed (unchanged from the
+    // backend's); a value the client really changes wins.
     for (key, value) in &plan.options {
-        changes.entry(key.clone()).or_insert_with(|| value.clone());
+        let echoed = match (changes.get(key), current.get(key)) {
+            (None, _) => true,
+            (Some(posted), Some(now)) => same_value(posted, now),
+            (Some(_), None) => false,
+        };
+        if echoed {
+            changes.insert(key.clone(), value.clone());
+        }
     }
     let request_id = parts
         .headers

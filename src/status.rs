@@ -59,7 +59,7 @@ pub async fn plan(
 ) -> Result<Json<Value>, ProxyError> {
     let (parts, body) = request.into_parts();
     let path = format!("/sdapi/v1/{route}");
-    if !state.config.generation_routes.iter().any(|r| *r == path) {
+    if !state.config.generation_routes.contains(&path) {
         return Err(ProxyError::UnknownProxyRoute {
             path: parts.uri.path().to_owned(),
         });

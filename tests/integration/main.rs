@@ -1,6 +1,8 @@
 //! Integration tests: the proxy and `forge-sim` over real sockets.
 
 mod cli;
+mod failures;
+mod observe;
 mod passthrough;
 mod process;
 mod support;

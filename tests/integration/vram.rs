@@ -160,3 +160,233 @@ async fn flux_request_defaults_fill_only_what_the_client_left_out() {
         "SD 1.5 keeps Forge's default"
     );
 }
+
+/// A tiny deterministic generator, so the mix is the same on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn expected_memory(family: &str) -> f64 {
+    match family {
+        "flux" => 4096.0,
+        "sdxl" => 5632.0,
+        "sd15" => 10240.0,
+        other => panic!("unexpected family {other}"),
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_mixed_generations_from_16_clients_each_run_with_their_memory() {
+    let sim = sim_with(|_| {}).await;
+    let gpu = FakeGpu::new(12288);
+    let proxy = gpu.proxy(&sim.url(), &[]);
+    let url = proxy.url("/sdapi/v1/txt2img");
+    let mut rng = XorShift(0x5eed_1234_abcd_0001);
+    let requests: Vec<&str> = (0..200)
+        .map(|_| [FLUX, SDXL, SD15][(rng.next() % 3) as usize])
+        .collect();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(requests));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let queue = queue.clone();
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let mut images = 0;
+            loop {
+                let Some(checkpoint) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let response = client()
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(txt2img_with(checkpoint))
+                    .send()
+                    .await
+                    .expect("txt2img");
+                assert_eq!(response.status(), StatusCode::OK);
+                let answer: Value = response.json().await.unwrap();
+                images += answer["images"].as_array().map_or(0, Vec::len);
+            }
+            images
+        }));
+    }
+    let mut images = 0;
+    for c in clients {
+        images += c.await.unwrap();
+    }
+    assert_eq!(images, 200, "every client got its images");
+
+    let journal = sim.state().journal();
+    let generations: Vec<&Value> = journal
+        .iter()
+        .filter(|e| e["kind"] == "generation")
+        .collect();
+    assert_eq!(generations.len(), 200);
+    for g in &generations {
+        let family = g["family"].as_str().unwrap();
+        assert_eq!(g["forge_inference_memory"], expected_memory(family), "{g}");
+        assert_eq!(g["outcome"], "ok");
+    }
+    // One options call per profile change, in the order Forge ran the generations (the
+    // first generation changes from Forge's default of 1024).
+    let families: Vec<&str> = generations
+        .iter()
+        .map(|g| g["family"].as_str().unwrap())
+        .collect();
+    let changes = 1 + families.windows(2).filter(|w| w[0] != w[1]).count();
+    let api_calls: Vec<&Value> = journal
+        .iter()
+        .filter(|e| e["kind"] == "options" && e["source"] == "api")
+        .collect();
+    assert_eq!(api_calls.len(), changes);
+    // And each call came right before the first generation of its profile.
+    let mut expecting = None;
+    for entry in &journal {
+        match (entry["kind"].as_str(), entry["source"].as_str()) {
+            (Some("options"), Some("api")) => {
+                expecting = entry["changed"]["forge_inference_memory"].as_f64();
+            }
+            (Some("generation"), _) => {
+                if let Some(memory) = expecting.take() {
+                    assert_eq!(entry["forge_inference_memory"], memory, "{entry}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn drift_behind_the_proxys_back_is_corrected_before_the_next_generation() {
+    let sim = sim_with(|_| {}).await;
+    let gpu = FakeGpu::new(12288);
+    let proxy = gpu.proxy(&sim.url(), &[]);
+    generate(&proxy, txt2img_with(SD15)).await;
+    assert_eq!(last_generation(&sim)["forge_inference_memory"], 10240.0);
+    // Someone (Forge's UI on page reload, another tool) resets it directly.
+    let direct = client()
+        .post(format!("{}/sdapi/v1/options", sim.url()))
+        .json(&json!({"forge_inference_memory": 1024}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), StatusCode::OK);
+    let response = generate(&proxy, txt2img_with(SD15)).await;
+    assert_eq!(response.headers()["x-forge-proxy-options-applied"], "true");
+    assert_eq!(last_generation(&sim)["forge_inference_memory"], 10240.0);
+    let api: Vec<Value> = journal_of(&sim, "options")
+        .into_iter()
+        .filter(|e| e["source"] == "api")
+        .collect();
+    assert_eq!(
+        api.last().unwrap()["changed"]["forge_inference_memory"],
+        10240.0
+    );
+}
+
+#[tokio::test]
+async fn open_webui_style_whole_dict_post_gets_the_new_profiles_memory() {
+    let sim = sim_with(|_| {}).await;
+    let gpu = FakeGpu::new(12288);
+    let proxy = gpu.proxy(&sim.url(), &[]);
+    generate(&proxy, txt2img_with(SD15)).await; // the backend now holds 10240
+    let models: Value = client()
+        .get(proxy.url("/sdapi/v1/sd-models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let flux_title = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| m["title"].as_str().filter(|t| t.starts_with("flux")))
+        .unwrap()
+        .to_owned();
+    let mut options: Value = client()
+        .get(proxy.url("/sdapi/v1/options"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        options["forge_inference_memory"], 10240.0,
+        "the stale value rides along"
+    );
+    options["sd_model_checkpoint"] = json!(flux_title);
+    let before = sim.state().journal().len();
+    let posted = client()
+        .post(proxy.url("/sdapi/v1/options"))
+        .json(&options)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::OK);
+    let body = json!({"prompt": "a lighthouse", "steps": 2});
+    generate(&proxy, body.to_string()).await;
+    let journal = sim.state().journal();
+    let after = &journal[before..];
+    let changes: Vec<&Value> = after.iter().filter(|e| e["kind"] == "options").collect();
+    assert_eq!(changes.len(), 1, "{after:?}");
+    assert_eq!(changes[0]["changed"]["sd_model_checkpoint"], FLUX);
+    assert_eq!(changes[0]["changed"]["forge_inference_memory"], 4096.0);
+    let ran = last_generation(&sim);
+    assert_eq!(
+        (
+            ran["checkpoint"].as_str(),
+            ran["forge_inference_memory"].as_f64()
+        ),
+        (Some(FLUX), Some(4096.0))
+    );
+    assert!(
+        !after
+            .iter()
+            .any(|e| e["changed"]["forge_inference_memory"] == 10240.0),
+        "the echoed value was never applied"
+    );
+}
+
+#[tokio::test]
+async fn nvml_missing_falls_back_to_the_backends_memory_and_status_says_why() {
+    let sim = sim_with(|_| {}).await;
+    let proxy = ProxyProcess::start(&[
+        "--backend",
+        &sim.url(),
+        "--nvml-library",
+        "/nonexistent/libnvidia-ml.so.1",
+    ]);
+    let response = generate(&proxy, txt2img_with(FLUX)).await;
+    assert_eq!(response.headers()["x-forge-proxy-vram-source"], "backend");
+    assert_eq!(last_generation(&sim)["forge_inference_memory"], 4096.0);
+    let status: Value = client()
+        .get(proxy.url("/proxy/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reason = "cannot load the NVML library /nonexistent/libnvidia-ml.so.1: cannot open shared object file: No such file or directory";
+    assert_eq!(status["nvml"], json!({"available": false, "error": reason}));
+    assert_eq!(status["backends"][0]["vram_source"], "backend");
+    assert_eq!(
+        status["backends"][0]["vram_source_why"],
+        format!("NVML unavailable: {reason}")
+    );
+    assert_eq!(status["backends"][0]["last_reading"]["total_mib"], 12288);
+    // Said once at start-up, with the reason.
+    let log = proxy.log_text();
+    assert_eq!(log.matches("NVML is not available").count(), 1, "{log}");
+    assert!(log.contains(reason));
+}
