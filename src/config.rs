@@ -897,6 +897,82 @@ mod tests {
     }
 
     #[test]
+    fn user_profiles_come_first_and_replace_embedded_ones_by_name() {
+        let config = from_toml_str(
+            "[[profiles]]\nname = \"sd35\"\npatterns = [\"re:^sd3\"]\nweights_mib = 9000\n\n\
+             [[profiles]]\nname = \"flux\"\npatterns = [\"*flux*\"]\ninference_memory_mib = 4096\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = config.profiles.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["sd35", "flux", "sdxl", "sd15"]);
+        assert_eq!(
+            config.profiles[1].policy,
+            MemoryPolicy::Fixed {
+                inference_mib: 4096
+            }
+        );
+        assert_eq!(
+            config.profiles[0].policy,
+            MemoryPolicy::Auto {
+                weights_mib: 9000,
+                min_inference_mib: DEFAULT_MIN_INFERENCE_MIB,
+                inference_per_megapixel_mib: DEFAULT_INFERENCE_PER_MEGAPIXEL_MIB,
+                reference_megapixels: DEFAULT_REFERENCE_MEGAPIXELS,
+            }
+        );
+        assert_eq!(config.default_profile, 3);
+    }
+
+    #[test]
+    fn a_profile_takes_exactly_one_policy() {
+        let both = "[[profiles]]\nname = \"x\"\ninference_memory_mib = 1\ngpu_weights_mib = 2\n";
+        assert_eq!(
+            from_toml_str(both).unwrap_err().to_string(),
+            "config key `profiles[0].policy`: \"inference_memory_mib + gpu_weights_mib\" is not valid: \
+             expected only one of inference_memory_mib, gpu_weights_mib, gpu_weights_percent or weights_mib"
+        );
+        let none = "[[profiles]]\nname = \"x\"\n";
+        assert!(from_toml_str(none)
+            .unwrap_err()
+            .to_string()
+            .starts_with("config key `profiles[0].weights_mib`: \"(none)\" is not valid"));
+        let bad_glob = "[[profiles]]\nname = \"x\"\npatterns = [\"[\"]\nweights_mib = 1\n";
+        assert!(from_toml_str(bad_glob)
+            .unwrap_err()
+            .to_string()
+            .starts_with(
+            "config key `profiles[0].patterns`: \"[\" is not valid: expected a glob or re:REGEX"
+        ));
+    }
+
+    #[test]
+    fn memory_settings_are_checked() {
+        let err = from_toml_str("[memory]\ndefault_profile = \"sd9\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `memory.default_profile`: \"sd9\" is not valid: expected one of the profiles: flux, sdxl, sd15"
+        );
+        let err = from_toml_str("[memory]\nclient_memory_options = \"ignore\"\n").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("expected \"strip\", \"honor\" or \"reject\""));
+        let err = from_toml_str("[[backends]]\nurl = \"http://a:1\"\nvram_source = \"gpu\"\n")
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("config key `backends[0].vram_source`"));
+    }
+
+    #[test]
+    fn gpu_is_an_index_or_a_uuid() {
+        let config =
+            from_toml_str("[[backends]]\nurl = \"http://a:1\"\ngpu = \"GPU-1234\"\n").unwrap();
+        assert_eq!(config.backends[0].gpu, GpuSelector::Uuid("GPU-1234".into()));
+        let config = from_toml_str("[[backends]]\nurl = \"http://a:1\"\ngpu = 2\n").unwrap();
+        assert_eq!(config.backends[0].gpu, GpuSelector::Index(2));
+    }
+
+    #[test]
     fn effective_config_round_trips_through_toml() {
         let config = Config::default();
         let again = from_toml_str(&config.to_toml()).unwrap();

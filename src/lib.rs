@@ -5,14 +5,22 @@
 //! route, where the proxy sets Forge's GPU memory for the model before forwarding.
 //!
 //! # Layout
+//! Following a request's path:
 //! - [`config`] — defaults, TOML file, environment and flags, validated into [`Config`].
-//! - [`routes`] — the router: `/proxy/*` own routes, generations, pass-through.
+//! - [`routes`] — the router: `/proxy/*` own routes, generations, client options, pass-through.
+//! - [`inspect`] — reading only what is needed of a body, writing back only what changes.
 //! - [`profile`] — which profile (model family) a generation needs; pure.
-//! - [`policy`] — what `forge_inference_memory` it needs on a given card; pure.
-//! - [`generation`] — what happens to a generation request before it is forwarded.
+//! - [`nvml`], [`vram`] — live VRAM readings: NVML on this host, else the backend's.
+//! - [`policy`] — what `forge_inference_memory` a profile needs on a card; pure.
+//! - [`plan`] — the whole decision for one generation (profile, memory, options, body); pure.
+//! - [`generation`] — carries the plan out inside the backend's critical section.
+//! - [`client_options`] — a client's own `POST /sdapi/v1/options` (memory keys, checkpoint).
+//! - [`forge`] — the proxy's own calls to Forge (options, memory).
 //! - [`forward`] — the streaming forwarder (hop-by-hop headers, `X-Forwarded-*`, upgrades).
+//! - [`backend`] — per-backend state and its critical section.
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
-//! - [`observe`] — tracing set-up and the access log.
+//! - [`observe`], [`metrics`], [`decisions`], [`status`] — logs, Prometheus metrics, the
+//!   last decisions, and the `/proxy/status`, `/proxy/plan/*`, `/proxy/metrics` routes.
 //! - [`server`] — [`run`] with graceful shutdown.
 //! - [`state`] — [`AppState`], shared by every handler.
 

@@ -168,31 +168,23 @@ pub fn change_needed(current_mib: Option<f64>, new_mib: u64, min_change_mib: u64
 mod tests {
     use super::*;
 
+    /// The embedded profiles' policies, as the proxy runs them.
+    fn embedded(name: &str) -> MemoryPolicy {
+        let config = crate::Config::default();
+        let profile = config.profiles.iter().find(|p| p.name == name);
+        profile.map(|p| p.policy.clone()).expect("embedded profile")
+    }
+
     fn flux() -> MemoryPolicy {
-        MemoryPolicy::Auto {
-            weights_mib: 12288,
-            min_inference_mib: 4096,
-            inference_per_megapixel_mib: 1536,
-            reference_megapixels: 1.0,
-        }
+        embedded("flux")
     }
 
     fn sdxl() -> MemoryPolicy {
-        MemoryPolicy::Auto {
-            weights_mib: 6656,
-            min_inference_mib: 2048,
-            inference_per_megapixel_mib: 1024,
-            reference_megapixels: 1.0,
-        }
+        embedded("sdxl")
     }
 
     fn sd15() -> MemoryPolicy {
-        MemoryPolicy::Auto {
-            weights_mib: 2048,
-            min_inference_mib: 1024,
-            inference_per_megapixel_mib: 768,
-            reference_megapixels: 0.25,
-        }
+        embedded("sd15")
     }
 
     fn at_default_size(policy: &MemoryPolicy, total: u64) -> u64 {
@@ -210,12 +202,14 @@ mod tests {
     fn flux_on_24_gib_card_reserves_12288_and_sd15_22528() {
         assert_eq!(at_default_size(&flux(), 24576), 12288);
         assert_eq!(at_default_size(&sd15(), 24576), 22528);
+        assert_eq!(at_default_size(&sdxl(), 24576), 17920);
     }
 
     #[test]
     fn flux_on_8_gib_card_reserves_4096_and_sd15_6144() {
         assert_eq!(at_default_size(&flux(), 8192), 4096);
         assert_eq!(at_default_size(&sd15(), 8192), 6144);
+        assert_eq!(at_default_size(&sdxl(), 8192), 2048);
     }
 
     #[test]

@@ -241,6 +241,25 @@ mod tests {
     }
 
     #[test]
+    fn embedded_profiles_classify_common_checkpoints() {
+        let config = crate::Config::default();
+        let family = |name: &str| {
+            profile_for_checkpoint(&config.profiles, name).map(|i| config.profiles[i].name.as_str())
+        };
+        assert_eq!(family("flux1-dev-Q4_0.gguf [a1b2c3d4e5]"), Some("flux"));
+        assert_eq!(family("FLUX/flux1-schnell-fp8.safetensors"), Some("flux"));
+        assert_eq!(
+            family("sd_xl_base_1.0.safetensors [31e35c80fc]"),
+            Some("sdxl")
+        );
+        assert_eq!(family("ponyDiffusionV6XL_v6.safetensors"), Some("sdxl"));
+        assert_eq!(family("illustriousXL_v01.safetensors"), Some("sdxl"));
+        assert_eq!(family("noobaiXLNAIXL_vPred10.safetensors"), Some("sdxl"));
+        assert_eq!(family("v1-5-pruned-emaonly.safetensors"), Some("sd15"));
+        assert_eq!(family("dreamshaper_8.safetensors"), Some("sd15"));
+    }
+
+    #[test]
     fn header_wins_and_unknown_header_names_the_known_profiles() {
         let profiles = defaults();
         let hints = Hints {

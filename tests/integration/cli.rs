@@ -113,3 +113,36 @@ fn environment_overrides_the_file_and_flags_override_both() {
         "forge-vram-proxy: invalid configuration:\n  config key `log.format`: \"xml\" is not valid: expected \"text\" or \"json\"\n"
     );
 }
+
+#[test]
+fn gpus_lists_what_nvml_sees() {
+    let gpu = crate::support::FakeGpu::new(12288);
+    gpu.set(12288, 900);
+    let library = crate::support::fake_nvml_library();
+    let output = proxy()
+        .args(["gpus", "--nvml-library", library.to_str().unwrap()])
+        .env("FAKE_NVML_DEVICES", &gpu.path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let expected = format!(
+        "INDEX  UUID{pad}  NAME           TOTAL MiB  USED MiB  FREE MiB\n\
+         0      {uuid}  Simulated RTX      12288       900     11388\n",
+        pad = " ".repeat(gpu.uuid.len() - 4),
+        uuid = gpu.uuid
+    );
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), expected);
+}
+
+#[test]
+fn gpus_says_exactly_why_nvml_cannot_be_used() {
+    let output = proxy()
+        .args(["gpus", "--nvml-library", "/nonexistent/libnvidia-ml.so.1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        "forge-vram-proxy: cannot load the NVML library /nonexistent/libnvidia-ml.so.1: cannot open shared object file: No such file or directory\n"
+    );
+}

@@ -390,3 +390,173 @@ async fn nvml_missing_falls_back_to_the_backends_memory_and_status_says_why() {
     assert_eq!(log.matches("NVML is not available").count(), 1, "{log}");
     assert!(log.contains(reason));
 }
+
+#[tokio::test]
+async fn without_any_vram_reading_fixed_values_still_apply_and_the_header_says_none() {
+    // A backend without a GPU answers /sdapi/v1/memory with "cuda": {"error": ...}.
+    let sim = sim_with(|c| c.vram_mib = 0).await;
+    let config = format!(
+        "nvml_library = \"/nonexistent/libnvidia-ml.so.1\"\n\n[[backends]]\nurl = \"{}\"\n\n\
+         [[profiles]]\nname = \"sdxl\"\npatterns = [\"*xl*\"]\ninference_memory_mib = 3000\n",
+        sim.url()
+    );
+    let proxy = crate::support::Proxy::start_toml(&config).await;
+    let response = client()
+        .post(proxy.url("/sdapi/v1/txt2img"))
+        .header("content-type", "application/json")
+        .body(txt2img_with(SD15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-forge-proxy-vram-source"], "none");
+    assert_eq!(response.headers()["x-forge-proxy-options-applied"], "false");
+    assert_eq!(
+        last_generation(&sim)["forge_inference_memory"],
+        1024.0,
+        "auto policy: unchanged"
+    );
+    let response = client()
+        .post(proxy.url("/sdapi/v1/txt2img"))
+        .header("content-type", "application/json")
+        .body(txt2img_with(SDXL))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-forge-proxy-vram-source"], "none");
+    assert_eq!(response.headers()["x-forge-proxy-inference-memory"], "3000");
+    assert_eq!(
+        last_generation(&sim)["forge_inference_memory"],
+        3000.0,
+        "the fixed value applies"
+    );
+    let status: Value = client()
+        .get(proxy.url("/proxy/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let error = status["backends"][0]["reading_error"].as_str().unwrap();
+    assert_eq!(
+        error,
+        "GET /sdapi/v1/memory: unexpected answer: no CUDA device (unavailable)"
+    );
+}
+
+#[tokio::test]
+async fn with_verification_off_the_proxy_trusts_what_it_applied() {
+    let sim = sim_with(|_| {}).await;
+    let gpu = FakeGpu::new(12288);
+    let dir = std::env::temp_dir().join(format!("fvp-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(&file, "[memory]\nverify_before_generation = false\n").unwrap();
+    let proxy = gpu.proxy(&sim.url(), &["--config", file.to_str().unwrap()]);
+    generate(&proxy, txt2img_with(SD15)).await;
+    client()
+        .post(format!("{}/sdapi/v1/options", sim.url()))
+        .json(&json!({"forge_inference_memory": 2048}))
+        .send()
+        .await
+        .unwrap();
+    let response = generate(&proxy, txt2img_with(SD15)).await;
+    assert_eq!(response.headers()["x-forge-proxy-options-applied"], "false");
+    assert_eq!(
+        last_generation(&sim)["forge_inference_memory"],
+        2048.0,
+        "not re-read: the change behind its back went unnoticed, as configured"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_gpu_can_be_chosen_by_uuid() {
+    let sim = sim_with(|_| {}).await;
+    let gpu = FakeGpu::new(24576);
+    let dir = std::env::temp_dir().join(format!("fvp-uuid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    let config = format!(
+        "[[backends]]\nurl = \"{}\"\ngpu = \"{}\"\n",
+        sim.url(),
+        gpu.uuid
+    );
+    std::fs::write(&file, config).unwrap();
+    let library = crate::support::fake_nvml_library();
+    let path = gpu.path.to_str().unwrap().to_owned();
+    let proxy = ProxyProcess::start_with_env(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--nvml-library",
+            library.to_str().unwrap(),
+        ],
+        &[("FAKE_NVML_DEVICES", &path)],
+    );
+    let response = generate(&proxy, txt2img_with(FLUX)).await;
+    assert_eq!(response.headers()["x-forge-proxy-vram-source"], "nvml");
+    assert_eq!(last_generation(&sim)["forge_inference_memory"], 12288.0);
+    let status: Value = client()
+        .get(proxy.url("/proxy/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["backends"][0]["gpu"], gpu.uuid.as_str());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn pass_through_is_never_held_by_a_running_generation() {
+    // Slow enough that the generation (a Flux load and sampling) takes over a second.
+    let sim = sim_with(|c| c.time_scale = 0.05).await;
+    let gpu = FakeGpu::new(12288);
+    let proxy = gpu.proxy(&sim.url(), &[]);
+    let url = proxy.url("/sdapi/v1/txt2img");
+    let generation = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(txt2img_with(FLUX))
+            .send()
+            .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let started = std::time::Instant::now();
+        let progress: Value = client()
+            .get(proxy.url("/sdapi/v1/progress"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        if progress["state"]["job_count"].as_u64().unwrap_or(0) > 0 {
+            assert!(
+                took < std::time::Duration::from_millis(500),
+                "progress poll took {took:?}"
+            );
+            let options = client()
+                .get(proxy.url("/sdapi/v1/options"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(options.status(), StatusCode::OK);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the generation never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!generation.is_finished(), "polled while the generation ran");
+    let response = generation.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
