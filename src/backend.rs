@@ -1,7 +1,6 @@
 //! What the proxy knows of each backend, and the lock that makes its options call and the
 //! generation it prepared one critical section.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -18,10 +17,6 @@ pub struct BackendState {
     /// traffic never takes it.
     pub generation_lock: tokio::sync::Mutex<()>,
     view: Mutex<View>,
-    /// Generations waiting for `generation_lock`.
-    pub waiting: AtomicU64,
-    /// Generations holding it (0 or 1).
-    pub running: AtomicU64,
 }
 
 /// The proxy's picture of the backend; a short `std` lock, never held across `.await`.
@@ -44,8 +39,6 @@ impl BackendState {
             vram,
             generation_lock: tokio::sync::Mutex::new(()),
             view: Mutex::new(View::default()),
-            waiting: AtomicU64::new(0),
-            running: AtomicU64::new(0),
         }
     }
 
@@ -85,44 +78,5 @@ impl BackendState {
         self.view
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn queue_length(&self) -> u64 {
-        self.waiting.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a generation as waiting, then running, for the status page; undone on drop.
-pub struct Occupancy<'a> {
-    backend: &'a BackendState,
-    running: bool,
-}
-
-impl<'a> Occupancy<'a> {
-    pub fn waiting(backend: &'a BackendState) -> Self {
-        backend.waiting.fetch_add(1, Ordering::Relaxed);
-        Self {
-            backend,
-            running: false,
-        }
-    }
-
-    pub fn start(&mut self) {
-        if !self.running {
-            self.backend.waiting.fetch_sub(1, Ordering::Relaxed);
-            self.backend.running.fetch_add(1, Ordering::Relaxed);
-            self.running = true;
-        }
-    }
-}
-
-impl Drop for Occupancy<'_> {
-    fn drop(&mut self) {
-        let counter = if self.running {
-            &self.backend.running
-        } else {
-            &self.backend.waiting
-        };
-        counter.fetch_sub(1, Ordering::Relaxed);
     }
 }

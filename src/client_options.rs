@@ -13,16 +13,15 @@ use axum::response::{IntoResponse, Response};
 use http::{header, Request};
 use serde_json::{Map, Value};
 
-use crate::backend::Occupancy;
 use crate::config::ClientMemoryOptions;
 use crate::decisions::Decision;
 use crate::error::ProxyError;
 use crate::forge::Forge;
 use crate::generation::{current_options, note_profile, read_vram};
-use crate::inspect::{read_body, set_length, GenerationBody};
+use crate::inspect::{read_body, set_length, GenerationBody, Head};
 use crate::observe::REQUEST_ID_HEADER;
 use crate::plan::{self, same_value, Inputs, PROXY_OWNED, RELOAD_ON_PRESENCE};
-use crate::routes::{forward_to_backend, RouteKind};
+use crate::routes::{forward_to, forward_to_backend, RouteKind};
 use crate::state::AppState;
 
 pub async fn handle(
@@ -73,8 +72,66 @@ async fn set_options(
         ClientMemoryOptions::Honor => {}
     }
 
-    let backend = &state.backends[0];
-    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    // Every healthy backend gets the change, as one Forge would: a client that sets options
+    // means "the server", and behind the proxy that is all of them. The first backend's
+    // answer goes back to the client.
+    let head = Head::of(&parts);
+    let mut targets: Vec<usize> = (0..state.backends.len())
+        .filter(|i| state.scheduler.is_healthy(*i))
+        .collect();
+    if targets.is_empty() {
+        targets.push(
+            state
+                .scheduler
+                .pass_through_backend(head.uri.path(), client_ip),
+        );
+    }
+    let mut first = None;
+    for index in targets {
+        let answer = apply_to(
+            state,
+            client_ip,
+            &head,
+            &bytes,
+            changes.clone(),
+            posted,
+            index,
+        )
+        .await;
+        match (&first, answer) {
+            (None, answer) => first = Some(answer),
+            (Some(_), Ok(response)) if !response.status().is_success() => {
+                tracing::warn!(backend = %state.backends[index].config.url, status = %response.status(), "options call failed on a further backend");
+            }
+            (Some(_), Err(error)) => {
+                tracing::warn!(backend = %state.backends[index].config.url, error = %error, "options call failed on a further backend");
+            }
+            (Some(_), Ok(_)) => {}
+        }
+    }
+    first.unwrap_or_else(|| {
+        Err(ProxyError::ClientBody {
+            reason: "no backend".to_owned(),
+        })
+    })
+}
+
+/// The client's options call on backend `index`.
+async fn apply_to(
+    state: &AppState,
+    client_ip: Option<IpAddr>,
+    head: &Head,
+    bytes: &bytes::Bytes,
+    mut changes: Map<String, Value>,
+    posted: usize,
+    index: usize,
+) -> Result<Response, ProxyError> {
+    let backend = &state.backends[index];
+    let authorization = head
+        .headers
+        .get(header::AUTHORIZATION)
+        .cloned()
+        .or_else(|| backend.config.authorization.clone());
     let forge = Forge {
         forwarder: &state.forwarder,
         backend: &backend.config,
@@ -98,13 +155,11 @@ async fn set_options(
             drop_unchanged_reload_keys(&mut changes, known);
         }
         let modified = changes.len() != posted;
-        return Ok(send(state, client_ip, parts, &bytes, changes, modified).await);
+        return send(state, client_ip, head, bytes, changes, modified, index).await;
     }
 
     // A checkpoint change: the proxy's options and this call form one critical section.
-    let mut occupancy = Occupancy::waiting(backend);
     let _critical = backend.generation_lock.lock().await;
-    occupancy.start();
     let current = current_options(state, backend, &forge).await?;
     drop_unchanged_reload_keys(&mut changes, &current);
     let reading = read_vram(state, backend, &forge).await;
@@ -134,7 +189,7 @@ async fn set_options(
             changes.insert(key.clone(), value.clone());
         }
     }
-    let request_id = parts
+    let request_id = head
         .headers
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -142,7 +197,7 @@ async fn set_options(
         .to_owned();
     let sent = changes.clone();
     let modified = sent.len() != posted || !plan.options.is_empty();
-    let response = send(state, client_ip, parts, &bytes, changes, modified).await;
+    let response = send(state, client_ip, head, bytes, changes, modified, index).await?;
     let ok = response.status().is_success();
     if ok {
         backend.update_view(|view| {
@@ -153,6 +208,7 @@ async fn set_options(
             }
         });
         note_profile(state, backend, &plan);
+        state.scheduler.note_loaded(index, plan.profile);
     } else {
         backend.forget_options();
     }
@@ -200,22 +256,25 @@ fn drop_unchanged_reload_keys(changes: &mut Map<String, Value>, current: &Map<St
     }
 }
 
-/// Forwards the client's call, with its original bytes unless the proxy changed them.
+/// Forwards the client's call to backend `index`, with its original bytes unless the
+/// proxy changed them.
 async fn send(
     state: &AppState,
     client_ip: Option<IpAddr>,
-    mut parts: http::request::Parts,
+    head: &Head,
     original: &bytes::Bytes,
     changes: Map<String, Value>,
     modified: bool,
-) -> Response {
+    index: usize,
+) -> Result<Response, ProxyError> {
+    let mut headers = head.headers.clone();
     let body = if !modified {
         original.clone()
     } else {
         let bytes = bytes::Bytes::from(Value::Object(changes).to_string());
-        set_length(&mut parts.headers, bytes.len());
+        set_length(&mut headers, bytes.len());
         bytes
     };
-    let request = Request::from_parts(parts, Body::from(body));
-    forward_to_backend(state, client_ip, request, RouteKind::PassThrough).await
+    let request = head.request(headers, Body::from(body));
+    forward_to(state, index, client_ip, request, RouteKind::PassThrough).await
 }

@@ -37,6 +37,13 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_REQUEST_BODY: &str = "1GiB";
 /// Forge's generation routes: the ones the proxy inspects before forwarding.
 pub const DEFAULT_GENERATION_ROUTES: [&str; 2] = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"];
+/// A generation may be passed over this often by later ones of the loaded profile.
+pub const DEFAULT_MAX_BYPASS: u32 = 4;
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(120);
+pub const DEFAULT_QUEUE_PER_BACKEND: usize = 64;
+pub const DEFAULT_QUEUE_TOTAL: usize = 256;
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Below this a memory change is not worth a model reload.
 pub const DEFAULT_MIN_CHANGE_MIB: u64 = 256;
 /// The auto policy's defaults for a user profile that gives only `weights_mib`.
@@ -100,6 +107,8 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nvml_library: Option<String>,
     pub memory: RawMemory,
+    pub scheduler: RawScheduler,
+    pub health: RawHealth,
     /// Profiles added to, or replacing by name, the embedded `flux`, `sdxl` and `sd15`.
     pub profiles: Vec<RawProfile>,
 }
@@ -115,6 +124,43 @@ pub struct RawBackend {
     /// `auto`: NVML, else the backend's `/sdapi/v1/memory`; `backend`: always the latter
     /// (the proxy runs on another host than the GPU).
     pub vram_source: String,
+    /// `user:pass` for Forge's `--api-auth`, used by the proxy's own calls when the client
+    /// sent no credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// Profiles this backend may serve (empty: all), e.g. only the 24 GiB card takes Flux.
+    pub profiles: Vec<String>,
+    /// Relative speed: a backend with weight 2 is expected to finish in half the time.
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScheduler {
+    /// `affinity`: the backend with the profile loaded and the shortest expected wait, or
+    /// the lowest wait plus reload; `random`: any allowed healthy backend.
+    pub routing: String,
+    /// How many times a waiting generation may be passed over by later ones of the loaded
+    /// profile (0: first come, first served).
+    pub max_bypass: u32,
+    /// No reordering past a generation that has waited this long.
+    pub max_wait: String,
+    /// Waiting generations per backend, and in all; beyond them: 503 with Retry-After.
+    pub queue_per_backend: usize,
+    pub queue_total: usize,
+    /// Pass-through requests: `first` healthy backend, or `round_robin`.
+    pub pass_through: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    /// Active checks: a cheap GET to each backend this often.
+    pub interval: String,
+    pub timeout: String,
+    /// Consecutive failures that make a backend unhealthy, and successes that bring it back.
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,7 +263,33 @@ impl Default for RawConfig {
             log: RawLog::default(),
             nvml_library: None,
             memory: RawMemory::default(),
+            scheduler: RawScheduler::default(),
+            health: RawHealth::default(),
             profiles: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawScheduler {
+    fn default() -> Self {
+        Self {
+            routing: "affinity".to_owned(),
+            max_bypass: DEFAULT_MAX_BYPASS,
+            max_wait: format_duration(Some(DEFAULT_MAX_WAIT)),
+            queue_per_backend: DEFAULT_QUEUE_PER_BACKEND,
+            queue_total: DEFAULT_QUEUE_TOTAL,
+            pass_through: "first".to_owned(),
+        }
+    }
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            interval: format_duration(Some(DEFAULT_HEALTH_INTERVAL)),
+            timeout: format_duration(Some(DEFAULT_HEALTH_TIMEOUT)),
+            unhealthy_after: 2,
+            healthy_after: 1,
         }
     }
 }
@@ -241,6 +313,9 @@ impl Default for RawBackend {
             preserve_host: false,
             gpu: GpuSelector::Index(0),
             vram_source: "auto".to_owned(),
+            auth: None,
+            profiles: Vec::new(),
+            weight: 1.0,
         }
     }
 }
@@ -297,6 +372,8 @@ pub struct Config {
     pub log_level: String,
     pub nvml_library: Option<std::path::PathBuf>,
     pub memory: Memory,
+    pub scheduler: Scheduler,
+    pub health: Health,
     /// Embedded and configured profiles, in matching order.
     pub profiles: Vec<Profile>,
     /// Index of `memory.default_profile` in `profiles`.
@@ -383,6 +460,50 @@ pub struct Backend {
     pub url: String,
     pub gpu: GpuSelector,
     pub vram: VramPreference,
+    /// `Authorization: Basic …` for the proxy's own calls when the client sent none.
+    pub authorization: Option<http::HeaderValue>,
+    /// Indexes into `Config::profiles`; empty: every profile.
+    pub profiles: Vec<usize>,
+    pub weight: f64,
+}
+
+impl Backend {
+    /// Whether this backend may serve `profile` (an index into `Config::profiles`).
+    pub fn serves(&self, profile: usize) -> bool {
+        self.profiles.is_empty() || self.profiles.contains(&profile)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    Affinity,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassThroughRouting {
+    First,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    pub routing: Routing,
+    pub max_bypass: u32,
+    pub max_wait: Option<Duration>,
+    pub queue_per_backend: usize,
+    pub queue_total: usize,
+    pub pass_through: PassThroughRouting,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub interval: Option<Duration>,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -618,6 +739,59 @@ impl TryFrom<RawConfig> for Config {
                     &format!("one of the profiles: {}", names.join(", ")),
                 )
             })?;
+        let mut backends = backends;
+        for (i, (backend, raw_backend)) in backends.iter_mut().zip(&raw.backends).enumerate() {
+            for name in &raw_backend.profiles {
+                let index = profiles
+                    .iter()
+                    .position(|p| p.name == *name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+                        invalid(
+                            format!("backends[{i}].profiles"),
+                            name,
+                            &format!("names of profiles: {}", names.join(", ")),
+                        )
+                    })?;
+                backend.profiles.push(index);
+            }
+        }
+        let sched = &raw.scheduler;
+        let scheduler = Scheduler {
+            routing: match sched.routing.as_str() {
+                "affinity" => Routing::Affinity,
+                "random" => Routing::Random,
+                other => {
+                    return Err(invalid(
+                        "scheduler.routing",
+                        other,
+                        "\"affinity\" or \"random\"",
+                    ))
+                }
+            },
+            max_bypass: sched.max_bypass,
+            max_wait: parse_duration("scheduler.max_wait", &sched.max_wait)?,
+            queue_per_backend: sched.queue_per_backend,
+            queue_total: sched.queue_total,
+            pass_through: match sched.pass_through.as_str() {
+                "first" => PassThroughRouting::First,
+                "round_robin" => PassThroughRouting::RoundRobin,
+                other => {
+                    return Err(invalid(
+                        "scheduler.pass_through",
+                        other,
+                        "\"first\" or \"round_robin\"",
+                    ))
+                }
+            },
+        };
+        let health = Health {
+            interval: parse_duration("health.interval", &raw.health.interval)?,
+            timeout: parse_duration("health.timeout", &raw.health.timeout)?
+                .unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+            unhealthy_after: raw.health.unhealthy_after.max(1),
+            healthy_after: raw.health.healthy_after.max(1),
+        };
         Ok(Self {
             listen,
             backends,
@@ -628,6 +802,8 @@ impl TryFrom<RawConfig> for Config {
             log_level: raw.log.level.clone(),
             nvml_library: raw.nvml_library.as_ref().map(std::path::PathBuf::from),
             memory,
+            scheduler,
+            health,
             profiles,
             default_profile,
             raw,
@@ -752,6 +928,31 @@ impl Backend {
             preserve_host: raw.preserve_host,
             url: raw.url.clone(),
             gpu: raw.gpu.clone(),
+            authorization: match &raw.auth {
+                None => None,
+                Some(auth) if auth.contains(':') => {
+                    use base64::Engine as _;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(auth);
+                    http::HeaderValue::from_str(&format!("Basic {encoded}")).ok()
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        format!("backends[{index}].auth"),
+                        "(hidden)",
+                        "user:password",
+                    ))
+                }
+            },
+            profiles: Vec::new(),
+            weight: if raw.weight.is_finite() && raw.weight > 0.0 {
+                raw.weight
+            } else {
+                return Err(invalid(
+                    format!("backends[{index}].weight"),
+                    raw.weight,
+                    "a number above 0",
+                ));
+            },
             vram: match raw.vram_source.as_str() {
                 "auto" => VramPreference::Auto,
                 "backend" => VramPreference::Backend,
@@ -769,8 +970,16 @@ impl Backend {
 
 impl Config {
     /// The effective configuration as TOML, for `check-config`.
+    /// Backend passwords are shown as `user:***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        let mut raw = self.raw.clone();
+        for backend in &mut raw.backends {
+            if let Some(auth) = backend.auth.as_mut() {
+                let user = auth.split(':').next().unwrap_or_default().to_owned();
+                *auth = format!("{user}:***");
+            }
+        }
+        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
     /// How long to wait for the backend's response headers on `path`.

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::forge::ForgeError;
 use crate::profile::UnknownProfile;
+use crate::scheduler::Refused;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -56,6 +57,9 @@ pub enum ProxyError {
 
     #[error("reading the request body failed: {reason}")]
     ClientBody { reason: String },
+
+    #[error("{0}")]
+    Refused(Refused),
 }
 
 impl ProxyError {
@@ -87,6 +91,7 @@ impl ProxyError {
             | Self::ClientMemoryOptions { .. }
             | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::OptionsFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -102,6 +107,8 @@ impl ProxyError {
             Self::ClientMemoryOptions { .. } => "ClientMemoryOptions",
             Self::OptionsFailed { .. } => "OptionsCallFailed",
             Self::ClientBody { .. } => "BadRequestBody",
+            Self::Refused(Refused::QueueFull { .. }) => "QueueFull",
+            Self::Refused(Refused::NoBackend { .. }) => "NoHealthyBackend",
         }
     }
 }

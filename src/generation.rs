@@ -7,19 +7,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::Request;
 use serde_json::{Map, Value};
 
-use crate::backend::{BackendState, Occupancy};
+use crate::backend::BackendState;
 use crate::decisions::Decision;
 use crate::error::ProxyError;
 use crate::forge::Forge;
-use crate::forward::Route;
+use crate::inspect::Head;
 use crate::inspect::{read_body, set_length, GenerationBody};
 use crate::observe::REQUEST_ID_HEADER;
 use crate::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
-use crate::routes::{forward_to_backend, RouteKind};
+use crate::routes::{forward_to, forward_to_backend, RouteKind};
 use crate::state::AppState;
 use crate::vram::VramReading;
 
@@ -61,28 +62,106 @@ async fn generate(
         let request = Request::from_parts(parts, Body::from(bytes.clone()));
         return Ok(forward_to_backend(state, client_ip, request, RouteKind::Generation).await);
     };
-    let backend = &state.backends[0];
-    // An unknown profile name is refused before waiting for the backend.
-    if let Some(name) = header.as_deref() {
-        crate::profile::resolve(
-            &state.config.profiles,
-            state.config.default_profile,
-            &crate::profile::Hints {
-                header: Some(name),
-                ..Default::default()
-            },
-        )?;
+    let head = Head::of(&parts);
+    // The profile as far as the request alone tells (an unknown header is refused here,
+    // before waiting); `None` leaves it to the chosen backend's checkpoint.
+    let wanted = request_profile(state, header.as_deref(), &body)?;
+    let mut exclude = Vec::new();
+    loop {
+        let ticket = match state.scheduler.enqueue(wanted, client_ip, &exclude) {
+            Ok(ticket) => ticket,
+            Err(refused) => return Err(ProxyError::Refused(refused)),
+        };
+        let (grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
+        let index = grant.backend();
+        let backend = &state.backends[index];
+        state
+            .metrics
+            .queue_wait(&backend.config.url, waited.as_secs_f64());
+        let attempt = run_on(
+            state,
+            client_ip,
+            &head,
+            &bytes,
+            &body,
+            header.as_deref(),
+            index,
+        )
+        .await;
+        match attempt {
+            Ok((response, took)) => {
+                grant.completed(took);
+                return Ok(response);
+            }
+            // Not sent: another backend may take it.
+            Err(ProxyError::BackendUnreachable {
+                backend: url,
+                reason,
+            }) => {
+                crate::health::observe_unreachable(state, index, &reason);
+                drop(grant);
+                exclude.push(index);
+                let others = (0..state.backends.len())
+                    .any(|i| !exclude.contains(&i) && state.scheduler.is_healthy(i));
+                if !others {
+                    return Err(ProxyError::BackendUnreachable {
+                        backend: url,
+                        reason,
+                    });
+                }
+                tracing::warn!(backend = %url, reason = %reason, "backend unreachable: trying another");
+                state.scheduler.note_retry();
+            }
+            Err(error) => return Err(error),
+        }
     }
-    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+}
+
+/// The profile the request names itself (header, override checkpoint or preset).
+fn request_profile(
+    state: &AppState,
+    header: Option<&str>,
+    body: &GenerationBody<'_>,
+) -> Result<Option<usize>, ProxyError> {
+    let overrides = body.override_settings();
+    let text = |key: &str| overrides.get(key).and_then(Value::as_str);
+    let (index, reason) = crate::profile::resolve(
+        &state.config.profiles,
+        state.config.default_profile,
+        &crate::profile::Hints {
+            header,
+            override_checkpoint: text("sd_model_checkpoint"),
+            override_preset: text("forge_preset"),
+            backend_checkpoint: None,
+        },
+    )?;
+    Ok((reason != crate::profile::Reason::Default).then_some(index))
+}
+
+/// One attempt on backend `index`: inside its critical section, prepare and forward.
+/// Returns the response and how long the backend was busy with it.
+async fn run_on(
+    state: &AppState,
+    client_ip: Option<IpAddr>,
+    head: &Head,
+    bytes: &Bytes,
+    body: &GenerationBody<'_>,
+    header: Option<&str>,
+    index: usize,
+) -> Result<(Response, std::time::Duration), ProxyError> {
+    let backend = &state.backends[index];
+    let mut parts_headers = head.headers.clone();
+    let authorization = parts_headers
+        .get(header::AUTHORIZATION)
+        .cloned()
+        .or_else(|| backend.config.authorization.clone());
     let forge = Forge {
         forwarder: &state.forwarder,
         backend: &backend.config,
         authorization: authorization.as_ref(),
     };
 
-    let mut occupancy = Occupancy::waiting(backend);
     let _critical = backend.generation_lock.lock().await;
-    occupancy.start();
     let started = Instant::now();
 
     let current = current_options(state, backend, &forge).await?;
@@ -90,21 +169,20 @@ async fn generate(
     let plan = plan::plan(
         &state.config,
         &Inputs {
-            header: header.as_deref(),
-            body: &body,
+            header,
+            body,
             current: &current,
             reading: reading.as_ref(),
         },
     )?;
-    let route = parts
+    let route = head
         .uri
         .path()
         .rsplit('/')
         .next()
         .unwrap_or_default()
         .to_owned();
-    let request_id = parts
-        .headers
+    let request_id = parts_headers
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
@@ -153,7 +231,7 @@ async fn generate(
             .map_err(|e| ProxyError::ClientBody {
                 reason: e.to_string(),
             })?;
-        set_length(&mut parts.headers, rendered.len());
+        set_length(&mut parts_headers, rendered.len());
         rendered
     };
     // Settings Forge changes for this generation and does not restore are then unknown.
@@ -161,25 +239,19 @@ async fn generate(
         && !body
             .get::<bool>("override_settings_restore_afterwards")
             .unwrap_or(true);
-    let request = Request::from_parts(parts, Body::from(outgoing));
-    let route = Route {
-        backend: &backend.config,
-        timeout: state.config.timeout_for(request.uri().path(), true),
-        client_ip,
-    };
-    let result = state.forwarder.forward(route, request).await;
-    state.metrics.generation_seconds(
-        &backend.config.url,
-        &plan.profile_name,
-        started.elapsed().as_secs_f64(),
-    );
+    let request = head.request(parts_headers, Body::from(outgoing));
+    let result = forward_to(state, index, client_ip, request, RouteKind::Generation).await;
+    let took = started.elapsed();
+    state
+        .metrics
+        .generation_seconds(&backend.config.url, &plan.profile_name, took.as_secs_f64());
     // After a failure the request may still have reached Forge: its state is not known.
     if leaves_changes || result.is_err() {
         backend.forget_options();
     }
     let mut response = result?;
     describe(response.headers_mut(), &plan, reading.as_ref());
-    Ok(response)
+    Ok((response, took))
 }
 
 /// Tells the client what the proxy decided.

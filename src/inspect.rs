@@ -42,6 +42,36 @@ pub async fn read_body(
     }
 }
 
+/// A request's method, URI, version and headers, to send it again with a body (to another
+/// backend after a failure, or to each backend in turn).
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+}
+
+impl Head {
+    pub fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    pub fn request(&self, headers: http::HeaderMap, body: Body) -> http::Request<Body> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = headers;
+        request
+    }
+}
+
 /// Sets `Content-Length` for a body the proxy rewrote.
 pub fn set_length(headers: &mut http::HeaderMap, length: usize) {
     headers.remove(header::TRANSFER_ENCODING);

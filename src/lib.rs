@@ -17,6 +17,8 @@
 //! - [`client_options`] — a client's own `POST /sdapi/v1/options` (memory keys, checkpoint).
 //! - [`forge`] — the proxy's own calls to Forge (options, memory).
 //! - [`forward`] — the streaming forwarder (hop-by-hop headers, `X-Forwarded-*`, upgrades).
+//! - [`scheduler`] — which backend runs a generation, and each backend's queue order.
+//! - [`health`] — active and passive backend health checks.
 //! - [`backend`] — per-backend state and its critical section.
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
 //! - [`observe`], [`metrics`], [`decisions`], [`status`] — logs, Prometheus metrics, the
@@ -32,6 +34,7 @@ pub mod error;
 pub mod forge;
 pub mod forward;
 pub mod generation;
+pub mod health;
 pub mod inspect;
 pub mod metrics;
 pub mod nvml;
@@ -40,6 +43,7 @@ pub mod plan;
 pub mod policy;
 pub mod profile;
 pub mod routes;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -94,6 +94,10 @@ struct Inner {
     vram_used: Family<GpuLabels, MibGauge>,
     inference_memory: Family<BackendLabels, MibGauge>,
     profile_switches: Family<ProfileSwitchLabels, Counter>,
+    queue_length: Family<BackendLabels, MibGauge>,
+    queue_wait: HistogramFamily<BackendLabels>,
+    reloads_avoided: Family<BackendLabels, Counter>,
+    retries: Counter,
 }
 
 fn generation_histogram() -> Histogram {
@@ -155,9 +159,42 @@ impl Metrics {
             profile_switches.clone(),
         );
 
+        let queue_length = Family::<BackendLabels, MibGauge>::default();
+        registry.register(
+            "queue_length",
+            "Generations waiting in the proxy for a backend",
+            queue_length.clone(),
+        );
+
+        let queue_wait: HistogramFamily<BackendLabels> =
+            Family::new_with_constructor(generation_histogram);
+        registry.register(
+            "queue_wait_seconds",
+            "Time a generation waited in the proxy before its backend took it",
+            queue_wait.clone(),
+        );
+
+        let reloads_avoided = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "reloads_avoided",
+            "Generations taken ahead of older ones because their profile was already loaded",
+            reloads_avoided.clone(),
+        );
+
+        let retries = Counter::default();
+        registry.register(
+            "retries",
+            "Generations moved to another backend: the first failed before the request was sent, or went unhealthy while they waited",
+            retries.clone(),
+        );
+
         Self {
             inner: Arc::new(Inner {
                 registry,
+                queue_length,
+                queue_wait,
+                reloads_avoided,
+                retries,
                 requests,
                 generation_duration,
                 options_calls,
@@ -171,6 +208,46 @@ impl Metrics {
 
     /// One finished request: `route` is "txt2img", "img2img", "options", "pass_through"
     /// or "proxy" (the proxy's own routes).
+    /// Generations waiting for `backend` now.
+    pub fn queue_length(&self, backend: &str, waiting: u64) {
+        self.inner
+            .queue_length
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .set(waiting);
+    }
+
+    /// How long a generation waited before `backend` took it.
+    pub fn queue_wait(&self, backend: &str, seconds: f64) {
+        let seconds = if seconds.is_finite() {
+            seconds.max(0.0)
+        } else {
+            0.0
+        };
+        self.inner
+            .queue_wait
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// `backend` took a generation of its loaded profile ahead of an older one.
+    pub fn reload_avoided(&self, backend: &str) {
+        self.inner
+            .reloads_avoided
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A generation moved to another backend.
+    pub fn retry(&self) {
+        self.inner.retries.inc();
+    }
+
     pub fn request(&self, route: &str, status: u16) {
         self.inner
             .requests
@@ -526,6 +603,10 @@ mod tests {
         metrics.vram("0", "nvml", 1, 1);
         metrics.inference_memory("forge", 1);
         metrics.profile_switch("forge", "sdxl", "flux");
+        metrics.queue_length("forge", 3);
+        metrics.queue_wait("forge", 0.2);
+        metrics.reload_avoided("forge");
+        metrics.retry();
 
         let scrape = scrape(&metrics);
         let mut documented: Vec<&str> = scrape.docs.keys().map(String::as_str).collect();
@@ -537,7 +618,11 @@ mod tests {
                 "forge_proxy_inference_memory_mib",
                 "forge_proxy_options_calls_total",
                 "forge_proxy_profile_switches_total",
+                "forge_proxy_queue_length",
+                "forge_proxy_queue_wait_seconds",
+                "forge_proxy_reloads_avoided_total",
                 "forge_proxy_requests_total",
+                "forge_proxy_retries_total",
                 "forge_proxy_vram_total_mib",
                 "forge_proxy_vram_used_mib",
             ]

@@ -2,7 +2,6 @@
 //! for everything else (any method, any path).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -16,15 +15,12 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::error::ProxyError;
 use crate::forward::Route;
-use crate::{client_options, generation, status};
+use crate::{client_options, generation, health, status};
 
 /// Forge's options route: a client's POST there is inspected (memory keys, checkpoint).
 const OPTIONS_PATH: &str = "/sdapi/v1/options";
 use crate::observe::access_log;
 use crate::state::AppState;
-
-/// How long `/proxy/ready` waits for a backend before calling it unreachable.
-const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -72,27 +68,51 @@ async fn proxy_request(State(state): State<AppState>, request: Request<Body>) ->
     }
 }
 
-/// Forwards to the backend with the route's timeout; the proxy's own errors become responses.
+/// Forwards to a backend with the route's timeout; the proxy's own errors become responses.
+/// Requests that are not generations go where `Scheduler::pass_through_backend` says.
 pub async fn forward_to_backend(
     state: &AppState,
     client_ip: Option<IpAddr>,
     request: Request<Body>,
     kind: RouteKind,
 ) -> Response {
-    let route = Route {
-        backend: &state.config.backends[0],
-        timeout: state
-            .config
-            .timeout_for(request.uri().path(), kind == RouteKind::Generation),
-        client_ip,
-    };
-    match state.forwarder.forward(route, request).await {
+    let index = state
+        .scheduler
+        .pass_through_backend(request.uri().path(), client_ip);
+    match forward_to(state, index, client_ip, request, kind).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(error = %error, "answered with the proxy's own error");
             error.into_response()
         }
     }
+}
+
+/// Forwards to backend `index`, telling health what it saw.
+pub async fn forward_to(
+    state: &AppState,
+    index: usize,
+    client_ip: Option<IpAddr>,
+    request: Request<Body>,
+    kind: RouteKind,
+) -> Result<Response, ProxyError> {
+    let backend = &state.backends[index].config;
+    let route = Route {
+        backend,
+        timeout: state
+            .config
+            .timeout_for(request.uri().path(), kind == RouteKind::Generation),
+        client_ip,
+    };
+    let result = state.forwarder.forward(route, request).await;
+    match &result {
+        Ok(response) => health::observe_status(state, index, response.status()),
+        Err(ProxyError::BackendUnreachable { reason, .. }) => {
+            health::observe_unreachable(state, index, reason)
+        }
+        Err(_) => {}
+    }
+    result
 }
 
 /// Counts every request by route and status for `/proxy/metrics`.
@@ -124,24 +144,23 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: at least one backend answers HTTP.
+/// Readiness: at least one backend is healthy.
 async fn ready(State(state): State<AppState>) -> Response {
-    let mut backends = Vec::new();
-    let mut any_ready = false;
-    for backend in &state.config.backends {
-        let probe = state.forwarder.probe(backend, READY_PROBE_TIMEOUT).await;
-        any_ready |= probe.is_ok();
-        backends.push(match probe {
-            Ok(()) => json!({"url": backend.url, "reachable": true}),
-            Err(reason) => json!({"url": backend.url, "reachable": false, "error": reason}),
-        });
-    }
-    let (status, word) = if any_ready {
+    let status = state.scheduler.snapshot();
+    let backends: Vec<serde_json::Value> = state
+        .backends
+        .iter()
+        .zip(&status.backends)
+        .map(|(backend, lane)| {
+            json!({"url": backend.config.url, "healthy": lane.healthy, "health": lane.health})
+        })
+        .collect();
+    let (code, word) = if status.backends.iter().any(|l| l.healthy) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    (status, Json(json!({"status": word, "backends": backends}))).into_response()
+    (code, Json(json!({"status": word, "backends": backends}))).into_response()
 }
 
 async fn unknown_proxy_route(request: Request<Body>) -> ProxyError {

@@ -19,6 +19,9 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let grace = config.timeouts.shutdown_grace;
     let state = AppState::build(config).await;
+    let background = CancellationToken::new();
+    crate::health::spawn_checks(&state, &background);
+    let _stop_background = background.drop_guard();
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();

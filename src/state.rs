@@ -8,6 +8,7 @@ use crate::decisions::Decisions;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::nvml::{Nvml, NvmlError};
+use crate::scheduler::Scheduler;
 use crate::vram::VramSource;
 
 /// Cheap to clone: `Arc`s and the pooled client (itself an `Arc` inside).
@@ -18,6 +19,7 @@ pub struct AppState {
     pub backends: Arc<[BackendState]>,
     pub decisions: Arc<Decisions>,
     pub metrics: Metrics,
+    pub scheduler: Arc<Scheduler>,
     /// Why NVML is not used, when it is not (shown on `/proxy/status`).
     pub nvml_error: Option<String>,
 }
@@ -60,12 +62,15 @@ impl AppState {
             .unwrap_or_default()
         };
         let forwarder = Forwarder::new(&config);
+        let metrics = Metrics::new();
+        let scheduler = Scheduler::new(&config, metrics.clone());
         Self {
             config: Arc::new(config),
             forwarder,
             backends: backends.into(),
             decisions: Arc::default(),
-            metrics: Metrics::new(),
+            metrics,
+            scheduler,
             nvml_error,
         }
     }

@@ -18,10 +18,12 @@ use crate::state::AppState;
 /// Each backend: where its readings come from, what it has loaded, what is waiting; and
 /// the last decisions.
 pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    let scheduler = state.scheduler.snapshot();
     let backends: Vec<Value> = state
         .backends
         .iter()
-        .map(|backend| {
+        .zip(&scheduler.backends)
+        .map(|(backend, lane)| {
             let view = backend.view();
             let option = |key: &str| view.options.as_ref().and_then(|o| o.get(key).cloned());
             json!({
@@ -38,14 +40,30 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
                 "profile": view.profile,
                 "inference_memory_mib": option(INFERENCE_MEMORY),
                 "options_known": view.options.is_some(),
-                "generation_running": backend.running.load(std::sync::atomic::Ordering::Relaxed) > 0,
-                "queue_length": backend.queue_length(),
+                "generation_running": lane.running.is_some(),
+                "queue_length": lane.queue.len(),
+                "healthy": lane.healthy,
+                "health": lane.health,
+                "loaded_profile": lane.loaded_profile,
+                "running": lane.running,
+                "queue": lane.queue,
+                "serves": if backend.config.profiles.is_empty() {
+                    Value::String("all".to_owned())
+                } else {
+                    backend.config.profiles.iter().map(|p| Value::String(state.config.profiles[*p].name.clone())).collect()
+                },
+                "weight": backend.config.weight,
             })
         })
         .collect();
     Json(json!({
         "nvml": {"available": state.nvml_error.is_none(), "error": state.nvml_error},
         "backends": backends,
+        "scheduler": {
+            "estimates": scheduler.estimates,
+            "reloads_avoided": scheduler.reloads_avoided,
+            "retries": scheduler.retries,
+        },
         "decisions": state.decisions.recent(),
     }))
 }
@@ -76,11 +94,20 @@ pub async fn plan(
             "why": "the body is not a JSON object; Forge answers it as it would without the proxy",
         })));
     };
-    let backend = &state.backends[0];
+    // The first healthy backend (else the first): the plan is for one Forge.
+    let index = (0..state.backends.len())
+        .find(|i| state.scheduler.is_healthy(*i))
+        .unwrap_or(0);
+    let backend = &state.backends[index];
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .cloned()
+        .or_else(|| backend.config.authorization.clone());
     let forge = Forge {
         forwarder: &state.forwarder,
         backend: &backend.config,
-        authorization: parts.headers.get(header::AUTHORIZATION),
+        authorization: authorization.as_ref(),
     };
     let current = match backend.known_options() {
         Some(known) if !state.config.memory.verify_before_generation => known,

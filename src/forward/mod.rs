@@ -193,23 +193,6 @@ impl Forwarder {
             None => exchange.await,
         }
     }
-
-    /// Whether the backend answers HTTP at all (any status counts).
-    pub async fn probe(&self, backend: &Backend, timeout: Duration) -> Result<(), String> {
-        let uri = backend_uri(backend, &Uri::from_static("/sdapi/v1/progress"))
-            .map_err(|e| e.to_string())?;
-        let request = Request::get(uri)
-            .body(Body::empty())
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(root_cause(&e)),
-            Err(_) => Err(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            )),
-        }
-    }
 }
 
 /// Answers of Forge's own endpoints are small (options: ~11 KB); anything near this is wrong.

@@ -532,7 +532,8 @@ async fn health_and_readiness() {
     assert_eq!(ready.status(), StatusCode::OK);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["status"], "ready");
-    assert_eq!(ready["backends"][0]["reachable"], true);
+    assert_eq!(ready["backends"][0]["healthy"], true);
+    assert_eq!(ready["backends"][0]["url"], sim.url());
 }
 
 #[tokio::test]
