@@ -123,11 +123,24 @@ impl IntoResponse for ProxyError {
             "message": message,
             "errors": message,
         });
+        let retry_after = match &self {
+            Self::Refused(Refused::QueueFull { retry_after, .. }) => Some(retry_after.as_secs()),
+            // An unhealthy backend comes back after its next good health check.
+            Self::Refused(Refused::NoBackend { .. }) => Some(5),
+            _ => None,
+        };
         let mut response = (self.status(), Json(body)).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             "x-forge-proxy-error",
             http::HeaderValue::from_static("true"),
         );
+        if let Some(seconds) = retry_after {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(seconds.max(1)),
+            );
+        }
         response
     }
 }

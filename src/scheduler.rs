@@ -80,6 +80,8 @@ struct Queues {
     rng: u64,
     reorders: u64,
     retries: u64,
+    /// The most times any request has been passed over.
+    max_bypassed: u32,
 }
 
 pub struct Scheduler {
@@ -144,6 +146,7 @@ impl Scheduler {
                 rng: 0x9e37_79b9_7f4a_7c15,
                 reorders: 0,
                 retries: 0,
+                max_bypassed: 0,
             }),
         })
     }
@@ -306,9 +309,13 @@ impl Scheduler {
                 self.metrics.reload_avoided(&self.urls[lane]);
             }
             let l = &mut queues.lanes[lane];
+            let mut most = 0;
             for w in l.waiting.iter_mut().take(index) {
                 w.bypassed += 1;
+                most = most.max(w.bypassed);
             }
+            queues.max_bypassed = queues.max_bypassed.max(most);
+            let l = &mut queues.lanes[lane];
             let Some(waiter) = l.waiting.remove(index) else {
                 return;
             };
@@ -603,6 +610,7 @@ impl Scheduler {
             },
             reloads_avoided: queues.reorders,
             retries: queues.retries,
+            max_bypassed: queues.max_bypassed,
         }
     }
 }
@@ -616,6 +624,8 @@ pub struct SchedulerStatus {
     /// Generations moved to another backend (the first failed before the request was sent,
     /// or went unhealthy while they waited).
     pub retries: u64,
+    /// The most times any request has been passed over (never above `max_bypass`).
+    pub max_bypassed: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]

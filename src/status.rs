@@ -63,6 +63,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             "estimates": scheduler.estimates,
             "reloads_avoided": scheduler.reloads_avoided,
             "retries": scheduler.retries,
+            "max_bypassed": scheduler.max_bypassed,
         },
         "decisions": state.decisions.recent(),
     }))
