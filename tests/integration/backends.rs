@@ -423,3 +423,46 @@ async fn progress_polls_follow_the_clients_running_generation() {
     }
     assert_eq!(running.await.unwrap().unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn configured_backend_credentials_serve_the_proxys_own_calls() {
+    let sim = sim_with(|c| c.api_auth = Some("forge:s3cret".into())).await;
+    let with_auth = Proxy::start_toml(&backend_toml(&sim.url(), "auth = \"forge:s3cret\"")).await;
+    // The client sends no credentials: the proxy's own options calls still work, and Forge
+    // answers the generation itself with its 401, as it would without the proxy.
+    let response = client()
+        .post(with_auth.url("/sdapi/v1/txt2img"))
+        .json(&body(SD15, "task(auth)", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let options_changes = crate::support::journal_of(&sim, "options");
+    assert_eq!(
+        options_changes.len(),
+        1,
+        "the proxy set the memory with its own credentials"
+    );
+    assert_eq!(
+        options_changes[0]["changed"]["forge_inference_memory"],
+        10240.0
+    );
+
+    let without = Proxy::start_toml(&backend_toml(&sim.url(), "")).await;
+    let response = client()
+        .post(without.url("/sdapi/v1/txt2img"))
+        .json(&body(SD15, "task(noauth)", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["message"],
+        format!(
+            "forge-vram-proxy: could not prepare backend {} for the generation, which was not sent: \
+             GET /sdapi/v1/options: backend answered 401: Not authenticated",
+            sim.url()
+        )
+    );
+}

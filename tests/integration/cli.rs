@@ -146,3 +146,21 @@ fn gpus_says_exactly_why_nvml_cannot_be_used() {
         "forge-vram-proxy: cannot load the NVML library /nonexistent/libnvidia-ml.so.1: cannot open shared object file: No such file or directory\n"
     );
 }
+
+#[test]
+fn backend_may_be_given_several_times() {
+    let output = proxy()
+        .args([
+            "--backend",
+            "http://gpu-a:7860",
+            "--backend",
+            "http://gpu-b:7860",
+            "check-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let effective = from_toml_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    let urls: Vec<&str> = effective.backends.iter().map(|b| b.url.as_str()).collect();
+    assert_eq!(urls, ["http://gpu-a:7860", "http://gpu-b:7860"]);
+}

@@ -3,6 +3,7 @@
 mod backends;
 mod cli;
 mod failures;
+mod nginx;
 mod observe;
 mod passthrough;
 mod process;

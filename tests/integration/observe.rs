@@ -213,4 +213,16 @@ async fn metrics_parse_as_prometheus_text_with_the_expected_samples() {
         ),
         2.0
     );
+    assert_eq!(
+        value(
+            "forge_proxy_queue_wait_seconds_count",
+            &[("backend", &backend)]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value("forge_proxy_queue_length", &[("backend", &backend)]),
+        0.0
+    );
+    assert_eq!(value("forge_proxy_retries_total", &[]), 0.0);
 }

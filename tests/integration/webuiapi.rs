@@ -13,12 +13,13 @@ fn python() -> String {
 
 /// Runs `tests/clients/SCRIPT` against the proxy; its stdout as JSON.
 async fn run_client(script: &str, proxy: &Proxy, extra: &[&str]) -> Value {
+    run_client_at(script, proxy.addr.port(), extra).await
+}
+
+/// Runs `tests/clients/SCRIPT` against `127.0.0.1:port`; its stdout as JSON.
+pub async fn run_client_at(script: &str, port: u16, extra: &[&str]) -> Value {
     let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
-    let mut args = vec![
-        script,
-        "127.0.0.1".to_owned(),
-        proxy.addr.port().to_string(),
-    ];
+    let mut args = vec![script, "127.0.0.1".to_owned(), port.to_string()];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let output = tokio::task::spawn_blocking(move || Command::new(python()).args(&args).output())
         .await
