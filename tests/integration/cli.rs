@@ -164,3 +164,47 @@ fn backend_may_be_given_several_times() {
     let urls: Vec<&str> = effective.backends.iter().map(|b| b.url.as_str()).collect();
     assert_eq!(urls, ["http://gpu-a:7860", "http://gpu-b:7860"]);
 }
+
+/// The `config.toml: |` block of a Kubernetes ConfigMap, dedented.
+fn configmap_toml(manifest: &str) -> String {
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "config.toml: |");
+    let key = lines.next().expect("a config.toml key");
+    let key_indent = key.len() - key.trim_start().len();
+    let block: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > key_indent)
+        .collect();
+    let indent = block
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    block
+        .iter()
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_deployment_configs_are_valid_proxy_configs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let compose =
+        std::fs::read_to_string(format!("{root}/deploy/compose/forge-vram-proxy.toml")).unwrap();
+    let config = from_toml_str(&compose).expect("deploy/compose/forge-vram-proxy.toml");
+    assert_eq!(config.backends[0].url, "http://forge:7860");
+    for manifest in [
+        "deploy/kubernetes/sidecar/configmap.yaml",
+        "deploy/kubernetes/gateway/forge-vram-proxy.yaml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{manifest}")).unwrap();
+        let toml = configmap_toml(&text);
+        let config = from_toml_str(&toml).unwrap_or_else(|e| panic!("{manifest}: {e}\n{toml}"));
+        assert!(config
+            .backends
+            .iter()
+            .all(|b| b.vram == forge_vram_proxy::config::VramPreference::Backend));
+    }
+}
