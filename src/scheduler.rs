@@ -438,7 +438,10 @@ impl Scheduler {
         }
         lane.successes = 0;
         lane.failures += 1;
-        if lane.healthy && (immediate || lane.failures >= self.health.unhealthy_after) {
+        // Without active checks nothing would bring a backend back: keep it in rotation.
+        let can_return = self.health.interval.is_some();
+        if can_return && lane.healthy && (immediate || lane.failures >= self.health.unhealthy_after)
+        {
             lane.healthy = false;
             tracing::warn!(backend, reason = %lane.health_note, "backend is unhealthy: no new work");
             let moving: Vec<Waiter> = lane.waiting.drain(..).collect();
