@@ -6,7 +6,6 @@
 //! critical section, with the new profile's memory added to the same call.
 
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +18,7 @@ use crate::error::ProxyError;
 use crate::forge::Forge;
 use crate::generation::{current_options, note_profile, read_vram};
 use crate::inspect::{read_body, set_length, GenerationBody, Head};
-use crate::observe::REQUEST_ID_HEADER;
+use crate::observe::request_id;
 use crate::plan::{self, same_value, Inputs, PROXY_OWNED, RELOAD_ON_PRESENCE};
 use crate::routes::{forward_to, forward_to_backend, RouteKind};
 use crate::state::AppState;
@@ -189,12 +188,7 @@ async fn apply_to(
             changes.insert(key.clone(), value.clone());
         }
     }
-    let request_id = head
-        .headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    let request_id = request_id(&head.headers).to_owned();
     let sent = changes.clone();
     let modified = sent.len() != posted || !plan.options.is_empty();
     let response = send(state, client_ip, head, bytes, changes, modified, index).await?;
@@ -221,25 +215,11 @@ async fn apply_to(
             "options_call_failed"
         },
     );
-    state.decisions.record(Decision {
-        at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default(),
-        request_id,
-        route: "options".to_owned(),
-        backend: backend.config.url.clone(),
-        profile: plan.profile_name.clone(),
-        why_profile: plan.why_profile.clone(),
-        reading,
-        computed: plan.computed.clone(),
-        options_sent: plan.options.clone(),
-        outcome: if ok { plan.outcome } else { "failed" },
-        reason: if ok {
-            plan.reason.to_owned()
-        } else {
-            format!("backend answered {}", response.status())
-        },
+    let decision = Decision::of(&plan, "options", &request_id, &backend.config.url, reading);
+    state.decisions.record(if ok {
+        decision
+    } else {
+        decision.failed(format!("backend answered {}", response.status()))
     });
     Ok(response)
 }

@@ -2,10 +2,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::plan::Plan;
 use crate::policy::MemoryDecision;
 use crate::profile::Reason;
 use crate::vram::VramReading;
@@ -32,6 +34,41 @@ pub struct Decision {
     pub outcome: &'static str,
     /// Why: `changed`, `same`, `within_hysteresis`, `no_vram_reading`, `client_value`, or the error.
     pub reason: String,
+}
+
+impl Decision {
+    /// The decision `plan` describes, taken now for `request_id` on `backend`.
+    pub fn of(
+        plan: &Plan,
+        route: &str,
+        request_id: &str,
+        backend: &str,
+        reading: Option<VramReading>,
+    ) -> Self {
+        Self {
+            at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default(),
+            request_id: request_id.to_owned(),
+            route: route.to_owned(),
+            backend: backend.to_owned(),
+            profile: plan.profile_name.clone(),
+            why_profile: plan.why_profile.clone(),
+            reading,
+            computed: plan.computed.clone(),
+            options_sent: plan.options.clone(),
+            outcome: plan.outcome,
+            reason: plan.reason.to_owned(),
+        }
+    }
+
+    /// The same decision, whose options call failed.
+    pub fn failed(mut self, reason: String) -> Self {
+        self.outcome = "failed";
+        self.reason = reason;
+        self
+    }
 }
 
 #[derive(Default)]

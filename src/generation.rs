@@ -3,7 +3,7 @@
 //! the backend's critical section.
 
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use crate::error::ProxyError;
 use crate::forge::Forge;
 use crate::inspect::Head;
 use crate::inspect::{read_body, set_length, GenerationBody};
-use crate::observe::REQUEST_ID_HEADER;
+use crate::observe::request_id;
 use crate::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
 use crate::routes::{forward_to, forward_to_backend, RouteKind};
 use crate::state::AppState;
@@ -175,41 +175,19 @@ async fn run_on(
             reading: reading.as_ref(),
         },
     )?;
-    let route = head
-        .uri
-        .path()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let request_id = parts_headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    let mut decision = Decision {
-        at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default(),
-        request_id,
+    let route = head.uri.path().rsplit('/').next().unwrap_or_default();
+    let decision = Decision::of(
+        &plan,
         route,
-        backend: backend.config.url.clone(),
-        profile: plan.profile_name.clone(),
-        why_profile: plan.why_profile.clone(),
-        reading: reading.clone(),
-        computed: plan.computed.clone(),
-        options_sent: plan.options.clone(),
-        outcome: plan.outcome,
-        reason: plan.reason.to_owned(),
-    };
+        request_id(&parts_headers),
+        &backend.config.url,
+        reading.clone(),
+    );
 
     if !plan.options.is_empty() {
         if let Err(source) = forge.set_options(&plan.options).await {
             backend.forget_options();
-            decision.outcome = "failed";
-            decision.reason = source.to_string();
-            state.decisions.record(decision);
+            state.decisions.record(decision.failed(source.to_string()));
             state
                 .metrics
                 .options_call(&backend.config.url, "failed", "options_call_failed");

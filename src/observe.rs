@@ -19,6 +19,14 @@ use crate::config::LogFormat;
 /// Request ids travel in this header: accepted from the client, else generated, and forwarded.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The request's id (set by the request-id layer before any handler runs), or "-".
+pub fn request_id(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init_tracing(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
@@ -37,12 +45,7 @@ pub async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    let request_id = request_id(request.headers()).to_owned();
     let response = next.run(request).await;
     let mut entry = AccessEntry {
         started,
