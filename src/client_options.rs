@@ -8,13 +8,13 @@
 use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
-use http::{header, Request};
+use axum::response::Response;
+use http::Request;
 use serde_json::{Map, Value};
 
 use crate::config::ClientMemoryOptions;
 use crate::decisions::Decision;
-use crate::error::ProxyError;
+use crate::error::{respond, ProxyError};
 use crate::forge::Forge;
 use crate::generation::{current_options, note_profile, read_vram};
 use crate::inspect::{read_body, set_length, GenerationBody, Head};
@@ -28,13 +28,10 @@ pub async fn handle(
     client_ip: Option<IpAddr>,
     request: Request<Body>,
 ) -> Response {
-    match set_options(&state, client_ip, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::warn!(error = %error, "options call refused");
-            error.into_response()
-        }
-    }
+    respond(
+        set_options(&state, client_ip, request).await,
+        "options call refused",
+    )
 }
 
 async fn set_options(
@@ -126,16 +123,7 @@ async fn apply_to(
     index: usize,
 ) -> Result<Response, ProxyError> {
     let backend = &state.backends[index];
-    let authorization = head
-        .headers
-        .get(header::AUTHORIZATION)
-        .cloned()
-        .or_else(|| backend.config.authorization.clone());
-    let forge = Forge {
-        forwarder: &state.forwarder,
-        backend: &backend.config,
-        authorization: authorization.as_ref(),
-    };
+    let forge = Forge::for_client(&state.forwarder, &backend.config, &head.headers);
     let known = backend.known_options();
     let checkpoint = changes
         .get("sd_model_checkpoint")

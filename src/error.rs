@@ -62,6 +62,14 @@ pub enum ProxyError {
     Refused(Refused),
 }
 
+/// A handler's result as a response; the proxy's own errors are logged with `what`.
+pub fn respond(result: Result<Response, ProxyError>, what: &str) -> Response {
+    result.unwrap_or_else(|error| {
+        tracing::warn!(error = %error, "{what}");
+        error.into_response()
+    })
+}
+
 impl ProxyError {
     /// A failed call of the proxy's own before a generation: a backend that is down is
     /// reported as such, anything else as the options call that failed.

@@ -52,7 +52,27 @@ pub struct BackendMemory {
 pub struct Forge<'a> {
     pub forwarder: &'a Forwarder,
     pub backend: &'a Backend,
-    pub authorization: Option<&'a HeaderValue>,
+    /// The client's credentials, else the backend's configured ones.
+    pub authorization: Option<HeaderValue>,
+}
+
+impl<'a> Forge<'a> {
+    /// The proxy's calls on behalf of a client whose request carried `client_headers`.
+    pub fn for_client(
+        forwarder: &'a Forwarder,
+        backend: &'a Backend,
+        client_headers: &http::HeaderMap,
+    ) -> Self {
+        let authorization = client_headers
+            .get(http::header::AUTHORIZATION)
+            .cloned()
+            .or_else(|| backend.authorization.clone());
+        Self {
+            forwarder,
+            backend,
+            authorization,
+        }
+    }
 }
 
 const OPTIONS: &str = "/sdapi/v1/options";
@@ -129,7 +149,7 @@ impl Forge<'_> {
                 method,
                 path,
                 body,
-                self.authorization,
+                self.authorization.as_ref(),
                 Some(OPTIONS_TIMEOUT),
             )
             .await

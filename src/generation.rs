@@ -6,15 +6,15 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::Request;
 use serde_json::{Map, Value};
 
 use crate::backend::BackendState;
 use crate::decisions::Decision;
-use crate::error::ProxyError;
+use crate::error::{respond, ProxyError};
 use crate::forge::Forge;
 use crate::inspect::Head;
 use crate::inspect::{read_body, set_length, GenerationBody};
@@ -37,13 +37,10 @@ pub async fn handle(
     client_ip: Option<IpAddr>,
     request: Request<Body>,
 ) -> Response {
-    match generate(&state, client_ip, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::warn!(error = %error, "generation refused");
-            error.into_response()
-        }
-    }
+    respond(
+        generate(&state, client_ip, request).await,
+        "generation refused",
+    )
 }
 
 async fn generate(
@@ -151,15 +148,7 @@ async fn run_on(
 ) -> Result<(Response, std::time::Duration), ProxyError> {
     let backend = &state.backends[index];
     let mut parts_headers = head.headers.clone();
-    let authorization = parts_headers
-        .get(header::AUTHORIZATION)
-        .cloned()
-        .or_else(|| backend.config.authorization.clone());
-    let forge = Forge {
-        forwarder: &state.forwarder,
-        backend: &backend.config,
-        authorization: authorization.as_ref(),
-    };
+    let forge = Forge::for_client(&state.forwarder, &backend.config, &parts_headers);
 
     let _critical = backend.generation_lock.lock().await;
     let started = Instant::now();

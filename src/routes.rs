@@ -13,7 +13,7 @@ use http::{Method, Request, StatusCode};
 use serde_json::json;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::error::ProxyError;
+use crate::error::{respond, ProxyError};
 use crate::forward::Route;
 use crate::{client_options, generation, health, status};
 
@@ -79,13 +79,10 @@ pub async fn forward_to_backend(
     let index = state
         .scheduler
         .pass_through_backend(request.uri().path(), client_ip);
-    match forward_to(state, index, client_ip, request, kind).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::warn!(error = %error, "answered with the proxy's own error");
-            error.into_response()
-        }
-    }
+    respond(
+        forward_to(state, index, client_ip, request, kind).await,
+        "answered with the proxy's own error",
+    )
 }
 
 /// Forwards to backend `index`, telling health what it saw.

@@ -114,6 +114,13 @@ pub struct Grant {
     armed: bool,
 }
 
+impl Lane {
+    /// Healthy and allowed to serve `profile` (`None`: any profile will do).
+    fn takes(&self, profile: Option<usize>) -> bool {
+        self.healthy && profile.is_none_or(|p| self.serves.is_empty() || self.serves.contains(&p))
+    }
+}
+
 impl Scheduler {
     pub fn new(config: &config::Config, metrics: Metrics) -> Arc<Self> {
         let lanes = config
@@ -194,13 +201,7 @@ impl Scheduler {
         let total: usize = queues.lanes.iter().map(|l| l.waiting.len()).sum();
         let candidates: Vec<usize> = (0..queues.lanes.len())
             .filter(|i| !exclude.contains(i))
-            .filter(|i| {
-                let lane = &queues.lanes[*i];
-                lane.healthy
-                    && waiter
-                        .profile
-                        .is_none_or(|p| lane.serves.is_empty() || lane.serves.contains(&p))
-            })
+            .filter(|i| queues.lanes[*i].takes(waiter.profile))
             .collect();
         if candidates.is_empty() {
             let profile = waiter
@@ -467,16 +468,11 @@ impl Scheduler {
     ) -> Result<(), Refused> {
         // `place` consumes the waiter; on refusal the waiter must still hear about it, so
         // check the candidates first with the same rules.
-        let serves = |lane: &Lane| {
-            waiter
-                .profile
-                .is_none_or(|p| lane.serves.is_empty() || lane.serves.contains(&p))
-        };
         let any = queues
             .lanes
             .iter()
             .enumerate()
-            .any(|(i, lane)| i != from && lane.healthy && serves(lane));
+            .any(|(i, lane)| i != from && lane.takes(waiter.profile));
         if !any {
             let refused = Refused::NoBackend {
                 profile: waiter
@@ -496,13 +492,7 @@ impl Scheduler {
     fn place_unbounded(self: &Arc<Self>, queues: &mut Queues, waiter: Waiter, from: usize) {
         let best = (0..queues.lanes.len())
             .filter(|i| *i != from)
-            .filter(|i| {
-                let lane = &queues.lanes[*i];
-                lane.healthy
-                    && waiter
-                        .profile
-                        .is_none_or(|p| lane.serves.is_empty() || lane.serves.contains(&p))
-            })
+            .filter(|i| queues.lanes[*i].takes(waiter.profile))
             .min_by_key(|i| self.expected_wait(queues, *i));
         if let Some(lane) = best {
             // Arrival order is kept: it goes behind those that arrived before it.

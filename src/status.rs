@@ -100,16 +100,7 @@ pub async fn plan(
         .find(|i| state.scheduler.is_healthy(*i))
         .unwrap_or(0);
     let backend = &state.backends[index];
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .cloned()
-        .or_else(|| backend.config.authorization.clone());
-    let forge = Forge {
-        forwarder: &state.forwarder,
-        backend: &backend.config,
-        authorization: authorization.as_ref(),
-    };
+    let forge = Forge::for_client(&state.forwarder, &backend.config, &parts.headers);
     let current = match backend.known_options() {
         Some(known) if !state.config.memory.verify_before_generation => known,
         _ => forge
