@@ -40,7 +40,7 @@ async fn set_options(
     request: Request<Body>,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
-    let bytes = read_body(&parts.headers, body, state.config.max_request_body).await?;
+    let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
     let Ok(Value::Object(mut changes)) = serde_json::from_slice::<Value>(&bytes) else {
         let request = Request::from_parts(parts, Body::from(bytes));
         return Ok(forward_to_backend(state, client_ip, request, RouteKind::PassThrough).await);

@@ -35,6 +35,8 @@ pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// img2img bodies carry base64 images (megabytes each); a GiB is far beyond any real request.
 pub const DEFAULT_MAX_REQUEST_BODY: &str = "1GiB";
+/// An img2img with four large init images is some tens of MiB of base64.
+pub const DEFAULT_MAX_INSPECTED_BODY: &str = "256MiB";
 /// Forge's generation routes: the ones the proxy inspects before forwarding.
 pub const DEFAULT_GENERATION_ROUTES: [&str; 2] = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"];
 /// A generation may be passed over this often by later ones of the loaded profile.
@@ -234,6 +236,9 @@ pub struct RawTimeouts {
 pub struct RawLimits {
     /// Largest request body accepted, e.g. `"1GiB"`, `"64MiB"`.
     pub max_request_body: String,
+    /// Largest body the proxy reads into memory to inspect (generations, options calls):
+    /// those are held whole, pass-through bodies never are.
+    pub max_inspected_body: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -339,6 +344,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_request_body: DEFAULT_MAX_REQUEST_BODY.to_owned(),
+            max_inspected_body: DEFAULT_MAX_INSPECTED_BODY.to_owned(),
         }
     }
 }
@@ -367,6 +373,7 @@ pub struct Config {
     pub backends: Vec<Backend>,
     pub timeouts: Timeouts,
     pub max_request_body: u64,
+    pub max_inspected_body: u64,
     pub generation_routes: Vec<String>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -681,18 +688,14 @@ impl TryFrom<RawConfig> for Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let max_request_body = raw
-            .limits
-            .max_request_body
-            .parse::<ByteSize>()
-            .map_err(|_| {
-                invalid(
-                    "limits.max_request_body",
-                    &raw.limits.max_request_body,
-                    "a size like \"64MiB\" or \"1GiB\"",
-                )
-            })?
-            .as_u64();
+        let size = |key: &str, value: &str| {
+            value
+                .parse::<ByteSize>()
+                .map(|size| size.as_u64())
+                .map_err(|_| invalid(key, value, "a size like \"64MiB\" or \"1GiB\""))
+        };
+        let max_request_body = size("limits.max_request_body", &raw.limits.max_request_body)?;
+        let max_inspected_body = size("limits.max_inspected_body", &raw.limits.max_inspected_body)?;
         for path in &raw.generation.routes {
             if !path.starts_with("/") {
                 return Err(invalid("generation.routes", path, "a path starting with /"));
@@ -797,6 +800,7 @@ impl TryFrom<RawConfig> for Config {
             backends,
             timeouts,
             max_request_body,
+            max_inspected_body,
             generation_routes: raw.generation.routes.clone(),
             log_format,
             log_level: raw.log.level.clone(),
@@ -980,6 +984,11 @@ impl Config {
             }
         }
         toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// The most the proxy reads into memory of a body it inspects: the smaller limit.
+    pub fn inspect_limit(&self) -> u64 {
+        self.max_inspected_body.min(self.max_request_body)
     }
 
     /// How long to wait for the backend's response headers on `path`.

@@ -38,6 +38,9 @@ pub enum ProxyError {
     #[error("request body is larger than the limit of {limit} bytes (limits.max_request_body)")]
     BodyTooLarge { limit: u64 },
 
+    #[error("request body is larger than the limit of {limit} bytes for bodies the proxy inspects (limits.max_inspected_body)")]
+    InspectedBodyTooLarge { limit: u64 },
+
     #[error("no route {path} under the proxy's reserved prefix /proxy/")]
     UnknownProxyRoute { path: String },
 
@@ -93,7 +96,9 @@ impl ProxyError {
         match self {
             Self::BackendUnreachable { .. } | Self::BackendFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::InspectedBodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
             Self::UnknownModelType(_)
             | Self::ClientMemoryOptions { .. }
@@ -109,7 +114,7 @@ impl ProxyError {
             Self::BackendUnreachable { .. } => "BackendUnreachable",
             Self::BackendTimeout { .. } => "BackendTimeout",
             Self::BackendFailed { .. } => "BackendFailed",
-            Self::BodyTooLarge { .. } => "PayloadTooLarge",
+            Self::BodyTooLarge { .. } | Self::InspectedBodyTooLarge { .. } => "PayloadTooLarge",
             Self::UnknownProxyRoute { .. } => "NotFound",
             Self::UnknownModelType(_) => "UnknownModelType",
             Self::ClientMemoryOptions { .. } => "ClientMemoryOptions",

@@ -53,7 +53,7 @@ async fn generate(
         .headers
         .remove(MODEL_TYPE_HEADER)
         .and_then(|v| v.to_str().ok().map(str::to_owned));
-    let bytes = read_body(&parts.headers, body, state.config.max_request_body).await?;
+    let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
     let Some(body) = GenerationBody::parse(&bytes) else {
         tracing::info!(path = %parts.uri.path(), "generation body is not a JSON object: forwarded untouched");
         let request = Request::from_parts(parts, Body::from(bytes.clone()));

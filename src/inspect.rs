@@ -28,13 +28,13 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(ProxyError::BodyTooLarge { limit });
+        return Err(ProxyError::InspectedBodyTooLarge { limit });
     }
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
+            Err(ProxyError::InspectedBodyTooLarge { limit })
         }
         Err(e) => Err(ProxyError::ClientBody {
             reason: e.to_string(),

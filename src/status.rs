@@ -88,7 +88,7 @@ pub async fn plan(
         .get(MODEL_TYPE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let bytes = read_body(&parts.headers, body, state.config.max_request_body).await?;
+    let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
     let Some(body) = GenerationBody::parse(&bytes) else {
         return Ok(Json(json!({
             "forwarded_untouched": true,

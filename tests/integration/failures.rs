@@ -238,3 +238,31 @@ async fn client_memory_options_are_stripped_by_default_refused_or_honoured_as_co
     assert_eq!(memory_changes.len(), 1, "{memory_changes:?}");
     assert_eq!(memory_changes[0]["source"], "api");
 }
+
+#[tokio::test]
+async fn an_inspected_body_over_its_limit_is_413_and_nothing_reaches_forge() {
+    let sim = sim().await;
+    let proxy = Proxy::start(&sim.url(), "[limits]\nmax_inspected_body = \"1KiB\"\n").await;
+    let big_prompt = "a lighthouse ".repeat(200);
+    let response = client()
+        .post(proxy.url("/sdapi/v1/txt2img"))
+        .json(&json!({"prompt": big_prompt, "steps": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let message = "forge-vram-proxy: request body is larger than the limit of 1024 bytes for bodies the proxy inspects (limits.max_inspected_body)";
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        proxy_error("PayloadTooLarge", message)
+    );
+    assert!(sim.state().journal().is_empty());
+    // Pass-through bodies are not held, so this limit does not apply to them.
+    let sunk = client()
+        .post(proxy.url("/sim/sink"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sunk.status(), StatusCode::OK);
+}
