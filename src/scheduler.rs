@@ -530,39 +530,41 @@ impl Scheduler {
     /// address, else the only busy backend; everything else (and those, failing that) goes
     /// to the first healthy backend, or round robin over the healthy ones.
     pub fn pass_through_backend(&self, path: &str, client: Option<IpAddr>) -> usize {
+        // On every request: no allocation, one short lock.
         let mut queues = self.lock();
         let follows_generation = matches!(
             path,
             "/sdapi/v1/progress" | "/sdapi/v1/interrupt" | "/sdapi/v1/skip"
         );
         if follows_generation {
-            let running: Vec<(usize, Option<IpAddr>)> = queues
-                .lanes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| l.running.as_ref().map(|r| (i, r.client)))
-                .collect();
-            if let Some((i, _)) = running
-                .iter()
-                .find(|(_, c)| client.is_some() && *c == client)
-            {
-                return *i;
+            let running = || {
+                queues
+                    .lanes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| l.running.as_ref().map(|r| (i, r.client)))
+            };
+            if let Some((i, _)) = running().find(|(_, c)| client.is_some() && *c == client) {
+                return i;
             }
-            if let [(only, _)] = running.as_slice() {
-                return *only;
+            let mut busy = running();
+            if let (Some((only, _)), None) = (busy.next(), busy.next()) {
+                return only;
             }
         }
-        let healthy: Vec<usize> = (0..queues.lanes.len())
-            .filter(|i| queues.lanes[*i].healthy)
-            .collect();
-        match (self.config.pass_through, healthy.as_slice()) {
-            (_, []) => 0,
-            (config::PassThroughRouting::First, [first, ..]) => *first,
-            (config::PassThroughRouting::RoundRobin, healthy) => {
+        let healthy = queues.lanes.iter().filter(|l| l.healthy).count();
+        let nth = match (self.config.pass_through, healthy) {
+            (_, 0) => return 0,
+            (config::PassThroughRouting::First, _) => 0,
+            (config::PassThroughRouting::RoundRobin, n) => {
                 queues.round_robin = queues.round_robin.wrapping_add(1);
-                healthy[queues.round_robin % healthy.len()]
+                queues.round_robin % n
             }
-        }
+        };
+        (0..queues.lanes.len())
+            .filter(|i| queues.lanes[*i].healthy)
+            .nth(nth)
+            .unwrap_or(0)
     }
 
     /// For `/proxy/status` and metrics.
@@ -832,6 +834,34 @@ mod tests {
         );
         assert_eq!(
             grant(s.enqueue(SDXL, None, &[]).unwrap()).await.backend(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn progress_follows_the_clients_generation_and_the_rest_goes_first_or_round_robin() {
+        let s = scheduler("");
+        let alice: IpAddr = "10.0.0.1".parse().unwrap();
+        let bob: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(s.pass_through_backend("/sdapi/v1/progress", Some(alice)), 0);
+        let running = grant(s.enqueue(SD15, Some(alice), &[0]).unwrap()).await;
+        assert_eq!(running.backend(), 1);
+        // The only busy backend, for anyone; the options call goes to the first healthy one.
+        assert_eq!(s.pass_through_backend("/sdapi/v1/progress", Some(bob)), 1);
+        assert_eq!(s.pass_through_backend("/sdapi/v1/options", Some(alice)), 0);
+        let other = grant(s.enqueue(FLUX, Some(bob), &[]).unwrap()).await;
+        assert_eq!(other.backend(), 0);
+        assert_eq!(s.pass_through_backend("/sdapi/v1/progress", Some(alice)), 1);
+        assert_eq!(s.pass_through_backend("/sdapi/v1/skip", Some(bob)), 0);
+
+        let round_robin = scheduler("[scheduler]\npass_through = \"round_robin\"\n");
+        let picks: Vec<usize> = (0..4)
+            .map(|_| round_robin.pass_through_backend("/sdapi/v1/options", None))
+            .collect();
+        assert_eq!(picks, [1, 0, 1, 0]);
+        round_robin.report_health(1, false, "down".into(), true);
+        assert_eq!(
+            round_robin.pass_through_backend("/sdapi/v1/options", None),
             0
         );
     }
