@@ -42,6 +42,10 @@ pub fn init_tracing(format: LogFormat, level: &str) {
 /// Middleware: one access-log line per request. Logs the path without its query string
 /// and no headers, so credentials, cookies and tokens never reach the log.
 pub async fn access_log(request: Request, next: Next) -> Response {
+    // With the access log filtered out (e.g. `level = "warn"`), nothing is counted or kept.
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return next.run(request).await;
+    }
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();

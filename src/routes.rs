@@ -1,6 +1,7 @@
 //! The router: the proxy's own routes under `/proxy/`, generation routes, and pass-through
 //! for everything else (any method, any path).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
@@ -119,20 +120,23 @@ async fn count_requests(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let route = if path.starts_with("/proxy/") {
-        "proxy"
+    let route: Cow<'static, str> = if path.starts_with("/proxy/") {
+        "proxy".into()
     } else if request.method() == Method::POST
         && state.config.generation_routes.iter().any(|r| r == path)
     {
-        path.rsplit('/').next().unwrap_or("generation")
+        path.rsplit('/')
+            .next()
+            .unwrap_or("generation")
+            .to_owned()
+            .into()
     } else if request.method() == Method::POST && path == OPTIONS_PATH {
-        "options"
+        "options".into()
     } else {
-        "pass_through"
+        "pass_through".into()
     };
-    let route = route.to_owned();
     let response = next.run(request).await;
-    state.metrics.request(&route, response.status().as_u16());
+    state.metrics.request(route, response.status().as_u16());
     response
 }
 

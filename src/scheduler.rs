@@ -60,6 +60,8 @@ struct Waiter {
     arrived: Instant,
     bypassed: u32,
     client: Option<IpAddr>,
+    /// Backends this request already failed on (before it was sent): never placed there.
+    excluded: Vec<usize>,
     grant: oneshot::Sender<Result<Grant, Refused>>,
 }
 
@@ -180,6 +182,7 @@ impl Scheduler {
             arrived: Instant::now(),
             bypassed: 0,
             client,
+            excluded: exclude.to_vec(),
             grant: sender,
         };
         self.place(&mut queues, waiter, exclude)?;
@@ -200,7 +203,7 @@ impl Scheduler {
     ) -> Result<(), Refused> {
         let total: usize = queues.lanes.iter().map(|l| l.waiting.len()).sum();
         let candidates: Vec<usize> = (0..queues.lanes.len())
-            .filter(|i| !exclude.contains(i))
+            .filter(|i| !exclude.contains(i) && !waiter.excluded.contains(i))
             .filter(|i| queues.lanes[*i].takes(waiter.profile))
             .collect();
         if candidates.is_empty() {
@@ -303,6 +306,9 @@ impl Scheduler {
         }
         loop {
             let Some(index) = self.pick(&queues.lanes[lane]) else {
+                if self.steal(queues, lane) {
+                    continue;
+                }
                 return;
             };
             if index > 0 {
@@ -350,6 +356,58 @@ impl Scheduler {
                 Err(Err(_)) => queues.lanes[lane].running = None,
             }
         }
+    }
+
+    /// A free lane with nothing queued takes a waiter from another lane: the oldest of its
+    /// loaded profile (no reload), else the oldest one whose wait where it is would be
+    /// longer than a reload here. With `max_bypass = 0`, simply the oldest it may serve.
+    fn steal(&self, queues: &mut Queues, lane: usize) -> bool {
+        let here = &queues.lanes[lane];
+        if !here.healthy {
+            return false;
+        }
+        let fifo = self.config.max_bypass == 0;
+        let reload = self.reload_estimate(queues);
+        let mut best: Option<(usize, usize, bool, Instant)> = None;
+        for (o, other) in queues.lanes.iter().enumerate() {
+            if o == lane {
+                continue;
+            }
+            let mut ahead = other.running.as_ref().map_or(Duration::ZERO, |r| {
+                self.duration_estimate(queues, r.profile)
+                    .saturating_sub(r.started.elapsed())
+            });
+            for (i, w) in other.waiting.iter().enumerate() {
+                let wait_there = ahead;
+                ahead += self.duration_estimate(queues, w.profile);
+                if w.excluded.contains(&lane) || !here.takes(w.profile) {
+                    continue;
+                }
+                let matches =
+                    w.profile.is_none() || here.loaded.is_none() || w.profile == here.loaded;
+                if !fifo && !matches && wait_there <= reload {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((_, _, best_matches, best_arrived)) if fifo || matches == best_matches => {
+                        w.arrived < best_arrived
+                    }
+                    Some((_, _, best_matches, _)) => matches && !best_matches,
+                };
+                if better {
+                    best = Some((o, i, matches, w.arrived));
+                }
+            }
+        }
+        let Some((from, index, _, _)) = best else {
+            return false;
+        };
+        let Some(waiter) = queues.lanes[from].waiting.remove(index) else {
+            return false;
+        };
+        queues.lanes[lane].waiting.push_back(waiter);
+        true
     }
 
     /// The waiter a free lane takes: the first of the loaded profile, unless someone ahead
@@ -468,11 +526,9 @@ impl Scheduler {
     ) -> Result<(), Refused> {
         // `place` consumes the waiter; on refusal the waiter must still hear about it, so
         // check the candidates first with the same rules.
-        let any = queues
-            .lanes
-            .iter()
-            .enumerate()
-            .any(|(i, lane)| i != from && lane.takes(waiter.profile));
+        let any = queues.lanes.iter().enumerate().any(|(i, lane)| {
+            i != from && !waiter.excluded.contains(&i) && lane.takes(waiter.profile)
+        });
         if !any {
             let refused = Refused::NoBackend {
                 profile: waiter
@@ -491,7 +547,7 @@ impl Scheduler {
     /// Like `place`, without queue limits (the work was already accepted).
     fn place_unbounded(self: &Arc<Self>, queues: &mut Queues, waiter: Waiter, from: usize) {
         let best = (0..queues.lanes.len())
-            .filter(|i| *i != from)
+            .filter(|i| *i != from && !waiter.excluded.contains(i))
             .filter(|i| queues.lanes[*i].takes(waiter.profile))
             .min_by_key(|i| self.expected_wait(queues, *i));
         if let Some(lane) = best {
@@ -806,7 +862,8 @@ mod tests {
         let s = scheduler("");
         let on_a = grant(s.enqueue(SD15, None, &[1]).unwrap()).await;
         let on_b = grant(s.enqueue(SD15, None, &[0]).unwrap()).await;
-        let waiting = s.enqueue(SD15, None, &[1]).unwrap();
+        // Both busy with sd15: equal waits, the first backend gets it.
+        let waiting = s.enqueue(SD15, None, &[]).unwrap();
         assert_eq!(s.snapshot().backends[0].queue.len(), 1);
         s.report_health(0, false, "connection refused".into(), true);
         assert!(!s.is_healthy(0));
@@ -864,5 +921,53 @@ mod tests {
             round_robin.pass_through_backend("/sdapi/v1/options", None),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_free_backend_takes_work_queued_behind_a_busy_one() {
+        for (config, stolen) in [("[scheduler]\nmax_bypass = 0\n", true), ("", false)] {
+            let s = scheduler(config);
+            let flux = grant(s.enqueue(FLUX, None, &[1]).unwrap()).await;
+            let sd = grant(s.enqueue(SD15, None, &[0]).unwrap()).await;
+            // Affinity places it behind the sd15 backend (10 s) rather than on the flux
+            // one (10 s + a 20 s reload).
+            let waiting = s.enqueue(SD15, None, &[]).unwrap();
+            assert_eq!(s.snapshot().backends[1].queue.len(), 1);
+            drop(flux);
+            let now = s.snapshot();
+            if stolen {
+                // First come, first served: the free backend takes the oldest it may serve.
+                assert_eq!(
+                    now.backends[0].running.as_ref().unwrap().profile.as_deref(),
+                    Some("sd15")
+                );
+                assert!(now.backends[1].queue.is_empty());
+                assert_eq!(grant(waiting).await.backend(), 0);
+            } else {
+                // Affinity: its wait behind sd15 (10 s) is shorter than a reload (20 s).
+                assert!(now.backends[0].running.is_none());
+                assert_eq!(now.backends[1].queue.len(), 1);
+                drop(sd);
+                assert_eq!(grant(waiting).await.backend(), 1);
+                continue;
+            }
+            drop(sd);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_never_takes_a_request_that_failed_on_it() {
+        let s = scheduler("[scheduler]\nmax_bypass = 0\n");
+        let flux = grant(s.enqueue(FLUX, None, &[1]).unwrap()).await;
+        let sd = grant(s.enqueue(SD15, None, &[0]).unwrap()).await;
+        let retried = s.enqueue(SD15, None, &[0]).unwrap();
+        drop(flux);
+        assert_eq!(
+            s.snapshot().backends[1].queue.len(),
+            1,
+            "backend 0 is excluded for it"
+        );
+        drop(sd);
+        assert_eq!(grant(retried).await.backend(), 1);
     }
 }

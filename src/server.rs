@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,12 @@ pub async fn run(
             stopping.cancel();
         }
     };
+    // Responses go out as soon as they are written: no Nagle delay behind a small write.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -113,6 +113,10 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // As uvicorn does: answers are not held back by Nagle's algorithm.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on a connection from {peer}: {error}");
+        }
         let service = TowerToHyperService::new(router.clone());
         let closing = closing.clone();
         connections.spawn(async move {
