@@ -1,0 +1,1 @@
+"""The benchmark harness's building blocks (processes, servers, clients, statistics, output)."""
