@@ -20,9 +20,11 @@ use tokio::sync::oneshot;
 use crate::config::{self, Routing};
 use crate::metrics::Metrics;
 
-/// Before the first generations are measured: a generation, and a model reload on top.
+/// Before the first generations are measured: a generation.
 const INITIAL_DURATION: Duration = Duration::from_secs(10);
-const INITIAL_RELOAD: Duration = Duration::from_secs(20);
+/// Until a reload has been measured it is taken to cost this many average generations:
+/// an estimate in the backends' own time scale, not a fixed number of seconds.
+const UNMEASURED_RELOAD_FACTOR: u32 = 2;
 /// Weight of a new measurement in the running estimates.
 const LEARNING_RATE: f64 = 0.3;
 
@@ -294,9 +296,10 @@ impl Scheduler {
     }
 
     fn reload_estimate(&self, queues: &Queues) -> Duration {
-        queues
-            .reload
-            .map_or(INITIAL_RELOAD, Duration::from_secs_f64)
+        queues.reload.map_or_else(
+            || self.duration_estimate(queues, None) * UNMEASURED_RELOAD_FACTOR,
+            Duration::from_secs_f64,
+        )
     }
 
     /// Starts the next generation on a free lane, if one waits.
@@ -930,7 +933,7 @@ mod tests {
             let flux = grant(s.enqueue(FLUX, None, &[1]).unwrap()).await;
             let sd = grant(s.enqueue(SD15, None, &[0]).unwrap()).await;
             // Affinity places it behind the sd15 backend (10 s) rather than on the flux
-            // one (10 s + a 20 s reload).
+            // one (10 s + a reload, 20 s until one is measured).
             let waiting = s.enqueue(SD15, None, &[]).unwrap();
             assert_eq!(s.snapshot().backends[1].queue.len(), 1);
             drop(flux);
@@ -944,7 +947,7 @@ mod tests {
                 assert!(now.backends[1].queue.is_empty());
                 assert_eq!(grant(waiting).await.backend(), 0);
             } else {
-                // Affinity: its wait behind sd15 (10 s) is shorter than a reload (20 s).
+                // Affinity: its wait behind sd15 (under 10 s) is no longer than a reload.
                 assert!(now.backends[0].running.is_none());
                 assert_eq!(now.backends[1].queue.len(), 1);
                 drop(sd);
