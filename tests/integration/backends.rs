@@ -8,7 +8,7 @@ use forge_sim::{SimServer, SimState};
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client, sim_with, Proxy, FLUX, SD15, SDXL};
+use crate::support::{client, get_json, sim_with, Proxy, XorShift, FLUX, SD15, SDXL};
 
 fn backend_toml(url: &str, extra: &str) -> String {
     format!("[[backends]]\nurl = \"{url}\"\nvram_source = \"backend\"\n{extra}\n")
@@ -24,17 +24,6 @@ fn memory_for(card: u64, family: &str) -> f64 {
         (12288, "sdxl") => 5632.0,
         (12288, "sd15") => 10240.0,
         other => panic!("no expectation for {other:?}"),
-    }
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
@@ -138,14 +127,7 @@ async fn three_backend_run(scheduler: &str) -> Run {
         }
     }
     assert_eq!(ran, expected, "every request ran exactly once");
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(proxy.url("/proxy/status")).await;
     Run {
         reloads,
         max_bypassed: status["scheduler"]["max_bypassed"].as_u64().unwrap(),
@@ -176,14 +158,7 @@ async fn affinity_scheduling_halves_reloads_against_fifo_random_routing() {
 }
 
 async fn status(proxy: &Proxy) -> Value {
-    client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(proxy.url("/proxy/status")).await
 }
 
 /// Waits until `check` holds for the proxy's status.
@@ -279,14 +254,7 @@ async fn a_backend_killed_mid_run_fails_only_its_running_generation_and_comes_ba
     let more: Vec<(&str, String)> = (0..10).map(|i| (SD15, format!("task(back{i})"))).collect();
     let results = run_load(proxy.url("/sdapi/v1/txt2img"), more, 4, 20).await;
     assert!(results.values().all(|(s, _)| *s == 200));
-    let journal: Value = client()
-        .get(format!("http://{a_addr}/sim/journal"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let journal: Value = get_json(format!("http://{a_addr}/sim/journal")).await;
     let back_on_a = journal
         .as_array()
         .unwrap()
@@ -404,14 +372,7 @@ async fn progress_polls_follow_the_clients_running_generation() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let progress: Value = client()
-            .get(proxy.url("/sdapi/v1/progress"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let progress: Value = get_json(proxy.url("/sdapi/v1/progress")).await;
         if progress["state"]["job_count"].as_u64().unwrap_or(0) > 0 {
             break;
         }

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client, journal_of, sim, txt2img_with, Proxy, FLUX, SD15};
+use crate::support::{client, get_json, journal_of, sim, txt2img_with, Proxy, FLUX, SD15};
 
 fn proxy_error(kind: &str, message: &str) -> Value {
     json!({"error": kind, "detail": message, "body": "", "message": message, "errors": message})
@@ -41,14 +41,7 @@ async fn options_call_answering_500_is_a_502_and_no_generation_runs() {
         "no generation reached Forge"
     );
     // The proxy no longer trusts its view and re-reads before the next generation.
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(proxy.url("/proxy/status")).await;
     assert_eq!(status["backends"][0]["options_known"], false);
     assert_eq!(status["decisions"][0]["outcome"], "failed");
     let ok = client()

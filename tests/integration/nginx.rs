@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{client, journal_of, sim, Proxy};
+use crate::support::{get_json, journal_of, sim, Proxy};
 
 /// nginx, started with its own prefix folder and configuration; killed when dropped.
 struct Nginx {
@@ -87,14 +87,7 @@ async fn webuiapi_through_nginx_round_robin_over_two_proxies() {
             assert_eq!(g["forge_inference_memory"], 10240.0, "{g}");
             generations += 1;
         }
-        let status: Value = client()
-            .get(proxy.url("/proxy/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = get_json(proxy.url("/proxy/status")).await;
         for decision in status["decisions"].as_array().unwrap() {
             assert_eq!(
                 decision["backend"],

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client, journal_of, sim, txt2img_with, Proxy, FLUX};
+use crate::support::{client, get_json, journal_of, sim, txt2img_with, Proxy, FLUX};
 
 #[tokio::test]
 async fn plan_answers_the_decision_without_changing_forge() {
@@ -68,14 +68,7 @@ async fn status_shows_backend_reading_profile_memory_and_decisions() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(proxy.url("/proxy/status")).await;
     let backend = &status["backends"][0];
     assert_eq!(backend["url"], sim.url());
     assert_eq!(backend["vram_source"], "backend");

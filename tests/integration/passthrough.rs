@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{client, dead_backend, sim, sim_with, Proxy};
+use crate::support::{client, dead_backend, get_json, sim, sim_with, Proxy};
 
 /// Headers that legitimately differ: the clock, the request id the proxy adds, and the
 /// proxy's account of a generation's memory decision.
@@ -515,14 +515,7 @@ async fn slow_backend_is_504_where_a_timeout_is_set() {
 async fn health_and_readiness() {
     let sim = sim().await;
     let proxy = Proxy::start(&sim.url(), "").await;
-    let health: Value = client()
-        .get(proxy.url("/proxy/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(proxy.url("/proxy/health")).await;
     assert_eq!(health, json!({"status": "ok"}));
     let ready = client()
         .get(proxy.url("/proxy/ready"))

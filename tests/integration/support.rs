@@ -289,3 +289,27 @@ pub fn journal_of(sim: &SimServer, kind: &str) -> Vec<serde_json::Value> {
         .filter(|e| e["kind"] == kind)
         .collect()
 }
+
+/// A tiny deterministic generator, so a random mix is the same on every run.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `GET url`, its JSON answer.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON answer")
+}

@@ -4,7 +4,8 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::support::{
-    client, journal_of, sim_with, txt2img_with, FakeGpu, ProxyProcess, FLUX, SD15, SDXL,
+    client, get_json, journal_of, sim_with, txt2img_with, FakeGpu, ProxyProcess, XorShift, FLUX,
+    SD15, SDXL,
 };
 
 async fn generate(proxy: &ProxyProcess, body: String) -> reqwest::Response {
@@ -161,18 +162,6 @@ async fn flux_request_defaults_fill_only_what_the_client_left_out() {
     );
 }
 
-/// A tiny deterministic generator, so the mix is the same on every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn expected_memory(family: &str) -> f64 {
     match family {
         "flux" => 4096.0,
@@ -297,14 +286,7 @@ async fn open_webui_style_whole_dict_post_gets_the_new_profiles_memory() {
     let gpu = FakeGpu::new(12288);
     let proxy = gpu.proxy(&sim.url(), &[]);
     generate(&proxy, txt2img_with(SD15)).await; // the backend now holds 10240
-    let models: Value = client()
-        .get(proxy.url("/sdapi/v1/sd-models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(proxy.url("/sdapi/v1/sd-models")).await;
     let flux_title = models
         .as_array()
         .unwrap()
@@ -312,14 +294,7 @@ async fn open_webui_style_whole_dict_post_gets_the_new_profiles_memory() {
         .find_map(|m| m["title"].as_str().filter(|t| t.starts_with("flux")))
         .unwrap()
         .to_owned();
-    let mut options: Value = client()
-        .get(proxy.url("/sdapi/v1/options"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut options: Value = get_json(proxy.url("/sdapi/v1/options")).await;
     assert_eq!(
         options["forge_inference_memory"], 10240.0,
         "the stale value rides along"
@@ -369,14 +344,7 @@ async fn nvml_missing_falls_back_to_the_backends_memory_and_status_says_why() {
     let response = generate(&proxy, txt2img_with(FLUX)).await;
     assert_eq!(response.headers()["x-forge-proxy-vram-source"], "backend");
     assert_eq!(last_generation(&sim)["forge_inference_memory"], 4096.0);
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(proxy.url("/proxy/status")).await;
     let reason = "cannot load the NVML library /nonexistent/libnvidia-ml.so.1: cannot open shared object file: No such file or directory";
     assert_eq!(status["nvml"], json!({"available": false, "error": reason}));
     assert_eq!(status["backends"][0]["vram_source"], "backend");
@@ -430,14 +398,7 @@ async fn without_any_vram_reading_fixed_values_still_apply_and_the_header_says_n
         3000.0,
         "the fixed value applies"
     );
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(proxy.url("/proxy/status")).await;
     let error = status["backends"][0]["reading_error"].as_str().unwrap();
     assert_eq!(
         error,
@@ -498,14 +459,7 @@ async fn the_gpu_can_be_chosen_by_uuid() {
     let response = generate(&proxy, txt2img_with(FLUX)).await;
     assert_eq!(response.headers()["x-forge-proxy-vram-source"], "nvml");
     assert_eq!(last_generation(&sim)["forge_inference_memory"], 12288.0);
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(proxy.url("/proxy/status")).await;
     assert_eq!(status["backends"][0]["gpu"], gpu.uuid.as_str());
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -528,14 +482,7 @@ async fn pass_through_is_never_held_by_a_running_generation() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let started = std::time::Instant::now();
-        let progress: Value = client()
-            .get(proxy.url("/sdapi/v1/progress"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let progress: Value = get_json(proxy.url("/sdapi/v1/progress")).await;
         let took = started.elapsed();
         if progress["state"]["job_count"].as_u64().unwrap_or(0) > 0 {
             assert!(
