@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 use crate::backend::BackendState;
 use crate::decisions::Decision;
 use crate::error::{respond, ProxyError};
-use crate::forge::Forge;
+use crate::forge::{Forge, ForgeError};
+use crate::forward::CallError;
 use crate::inspect::Head;
 use crate::inspect::{read_body, set_length, GenerationBody};
 use crate::observe::request_id;
@@ -90,27 +91,46 @@ async fn generate(
                 grant.completed(took);
                 return Ok(response);
             }
-            // Not sent: another backend may take it.
-            Err(ProxyError::BackendUnreachable {
-                backend: url,
-                reason,
-            }) => {
-                crate::health::observe_unreachable(state, index, &reason);
+            Err(error) => {
+                // The backend failed before the generation was sent: another may take it.
+                let Some((reason, refused)) = unsent_backend_failure(&error) else {
+                    return Err(error);
+                };
+                if refused {
+                    crate::health::observe_unreachable(state, index, &reason);
+                } else {
+                    state
+                        .scheduler
+                        .report_health(index, false, reason.clone(), false);
+                }
                 drop(grant);
                 exclude.push(index);
                 let others = (0..state.backends.len())
                     .any(|i| !exclude.contains(&i) && state.scheduler.is_healthy(i));
                 if !others {
-                    return Err(ProxyError::BackendUnreachable {
-                        backend: url,
-                        reason,
-                    });
+                    return Err(error);
                 }
-                tracing::warn!(backend = %url, reason = %reason, "backend unreachable: trying another");
+                let url = &backend.config.url;
+                tracing::warn!(backend = %url, reason = %reason, "backend failed before the generation was sent: trying another");
                 state.scheduler.note_retry();
             }
-            Err(error) => return Err(error),
         }
+    }
+}
+
+/// A failure of the backend itself (not an answer of Forge's) before the generation was
+/// sent, with its reason and whether the connection was refused.
+fn unsent_backend_failure(error: &ProxyError) -> Option<(String, bool)> {
+    match error {
+        ProxyError::BackendUnreachable { reason, .. } => Some((reason.clone(), true)),
+        ProxyError::OptionsFailed {
+            source: ForgeError::Call { source, .. },
+            ..
+        } => Some((
+            source.to_string(),
+            matches!(source, CallError::Unreachable(_)),
+        )),
+        _ => None,
     }
 }
 
