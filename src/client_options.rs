@@ -142,7 +142,12 @@ async fn apply_to(
             drop_unchanged_reload_keys(&mut changes, known);
         }
         let modified = changes.len() != posted;
-        return send(state, client_ip, head, bytes, changes, modified, index).await;
+        let sent = changes.clone();
+        let response = send(state, client_ip, head, bytes, changes, modified, index).await?;
+        if response.status().is_success() {
+            backend.applied(&sent);
+        }
+        return Ok(response);
     }
 
     // A checkpoint change: the proxy's options and this call form one critical section.
@@ -182,13 +187,7 @@ async fn apply_to(
     let response = send(state, client_ip, head, bytes, changes, modified, index).await?;
     let ok = response.status().is_success();
     if ok {
-        backend.update_view(|view| {
-            if let Some(options) = view.options.as_mut() {
-                for (key, value) in &sent {
-                    options.insert(key.clone(), value.clone());
-                }
-            }
-        });
+        backend.applied(&sent);
         note_profile(state, backend, &plan);
         state.scheduler.note_loaded(index, plan.profile);
     } else {

@@ -90,9 +90,25 @@ async fn the_model_type_header_is_used_and_not_forwarded() {
         journal_of(&sim, "generation")[0]["forge_inference_memory"],
         5632.0
     );
-    // The same route on the echo endpoint shows what Forge would receive.
+    // With the echo endpoint as a generation route, what Forge receives is visible: the
+    // header is consumed on generation routes and passes untouched elsewhere.
+    let echoing = Proxy::start(&sim.url(), "[generation]\nroutes = [\"/sim/echo\"]\n").await;
     let seen: Value = client()
-        .post(proxy.url("/sim/echo"))
+        .post(echoing.url("/sim/echo"))
+        .header("x-forge-model-type", "sdxl")
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        seen["headers"].get("x-forge-model-type").is_none(),
+        "{seen}"
+    );
+    let seen: Value = client()
+        .put(echoing.url("/sim/echo"))
         .header("x-forge-model-type", "sdxl")
         .send()
         .await
