@@ -1,15 +1,36 @@
-//! Serving: `run(listener, config, shutdown)` and the signals that end it.
+//! Serving: `run(listener, config, shutdown)`, the connection loop, and the signals that end it.
+//!
+//! Connections are served with hyper's HTTP/1.1 connection directly rather than through
+//! `axum::serve`: axum's server first reads a few bytes to tell HTTP/1 from HTTP/2 and hands
+//! them back to hyper, and that split first read makes hyper grow every connection's read
+//! buffer from 8 to 16 KiB, kept while the connection idles. Forge speaks HTTP/1.1 only, and
+//! so does the proxy.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::Response;
+use axum::Router;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
 
 use crate::config::Config;
 use crate::routes::app;
 use crate::state::AppState;
+
+/// After an accept error other than a failed handshake (e.g. too many open files), wait this
+/// long before accepting again rather than spinning.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
 /// finish for at most `timeouts.shutdown_grace`.
@@ -23,40 +44,107 @@ pub async fn run(
     let background = CancellationToken::new();
     crate::health::spawn_checks(&state, &background);
     let _stop_background = background.drop_guard();
+    let router = app(state);
     let stopping = CancellationToken::new();
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-            stopping.cancel();
-        }
-    };
-    // Responses go out as soon as they are written: no Nagle delay behind a small write.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
-    let drain_limit = async {
-        stopping.cancelled().await;
-        match grace {
-            Some(grace) => tokio::time::sleep(grace).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        served = serve => served,
-        () = drain_limit => {
-            tracing::warn!("shutdown grace period over: closing the remaining connections");
-            Ok(())
-        }
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            router.clone(),
+            stopping.clone(),
+        ));
     }
+    drop(listener);
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    stopping.cancel();
+    connections.close();
+    match grace {
+        Some(grace) => {
+            if tokio::time::timeout(grace, connections.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown grace period over: closing the remaining connections");
+            }
+        }
+        None => connections.wait().await,
+    }
+    Ok(())
+}
+
+/// One client connection: HTTP/1.1 with upgrades (websockets), until the client closes it
+/// or, once `stopping` fires, its in-flight request is answered.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    stopping: CancellationToken,
+) {
+    // Responses go out as soon as they are written: no Nagle delay behind a small write.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let service = ClientService { router, peer };
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = stopping.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// The router as hyper sees it, with the client's address for handlers that route by it.
+#[derive(Clone)]
+struct ClientService {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ClientService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = axum::routing::future::RouteFuture<Infallible>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        // The router is always ready; a clone is one reference count.
+        self.router.clone().call(request)
+    }
+}
+
+/// Errors of one connection's handshake are that connection's; anything else (out of file
+/// descriptors) is logged and waited out.
+async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %error, "cannot accept a connection");
+    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
 }
 
 /// Completes on Ctrl-C or SIGTERM.
