@@ -1,20 +1,23 @@
 //! Logs: tracing set-up and one access-log line per request, written when its response
 //! body has been sent (so the line carries the real byte count and duration).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use http_body::{Frame, SizeHint};
 use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
+use crate::state::AppState;
 
 /// Request ids travel in this header: accepted from the client, else generated, and forwarded.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -39,27 +42,44 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     };
 }
 
-/// Middleware: one access-log line per request. Logs the path without its query string
-/// and no headers, so credentials, cookies and tokens never reach the log.
-pub async fn access_log(request: Request, next: Next) -> Response {
+/// Middleware, the outermost stage of every request (one layer, so one boxed future, on the
+/// hot path): its id, its count in the metrics, and its access-log line.
+///
+/// - The id is the client's `x-request-id`, else a new UUID; it is forwarded to the backend
+///   and returned in the response (unless the response carries one already).
+/// - Counted by route and status for `/proxy/metrics` once the response head is ready.
+/// - One access-log line, written when the body has been sent (so it carries the real byte
+///   count and duration). It logs the path without its query string and no headers, so
+///   credentials, cookies and tokens never reach the log.
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get(REQUEST_ID_HEADER) {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id();
+            request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+            id
+        }
+    };
+    let route = metrics_route(&state.config, request.method(), request.uri().path());
     // With the access log filtered out (e.g. `level = "warn"`), nothing is counted or kept.
-    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-        return next.run(request).await;
-    }
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let request_id = request_id(request.headers()).to_owned();
-    let response = next.run(request).await;
-    let mut entry = AccessEntry {
-        started,
-        method,
-        path,
-        request_id,
-        status: response.status(),
+    let entry = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| AccessEntry {
+        started: Instant::now(),
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+        request_id: id.clone(),
+        status: StatusCode::OK,
         bytes: 0,
         complete: false,
+    });
+    let mut response = next.run(request).await;
+    state.metrics.request(route, response.status().as_u16());
+    if !response.headers().contains_key(REQUEST_ID_HEADER) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    let Some(mut entry) = entry else {
+        return response;
     };
+    entry.status = response.status();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The tunnel's bytes are not HTTP body bytes; the upgrade itself is the request.
         entry.complete = true;
@@ -68,11 +88,36 @@ pub async fn access_log(request: Request, next: Next) -> Response {
     response.map(|inner| Body::new(LoggedBody { inner, entry }))
 }
 
+/// A fresh request id: a random (v4) UUID.
+fn new_request_id() -> HeaderValue {
+    let mut text = Uuid::encode_buffer();
+    let text = Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+/// The metrics' `route` label: "proxy" for the proxy's own routes, the generation's last path
+/// segment ("txt2img"), "options" for a client's options call, else "pass_through".
+fn metrics_route(config: &Config, method: &Method, path: &str) -> Cow<'static, str> {
+    if path.starts_with("/proxy/") {
+        "proxy".into()
+    } else if method == Method::POST && config.generation_routes.iter().any(|r| r == path) {
+        path.rsplit('/')
+            .next()
+            .unwrap_or("generation")
+            .to_owned()
+            .into()
+    } else if method == Method::POST && path == crate::routes::OPTIONS_PATH {
+        "options".into()
+    } else {
+        "pass_through".into()
+    }
+}
+
 struct AccessEntry {
     started: Instant,
     method: Method,
     path: String,
-    request_id: String,
+    request_id: HeaderValue,
     status: StatusCode,
     bytes: u64,
     /// False when the client went away before the whole body was sent.
@@ -89,7 +134,7 @@ impl Drop for AccessEntry {
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             bytes = self.bytes,
             complete = self.complete,
-            request_id = %self.request_id,
+            request_id = self.request_id.to_str().unwrap_or("-"),
             "request"
         );
     }

@@ -1,26 +1,23 @@
 //! The router: the proxy's own routes under `/proxy/`, generation routes, and pass-through
 //! for everything else (any method, any path).
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{middleware, Json, Router};
 use http::{Method, Request, StatusCode};
 use serde_json::json;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::{respond, ProxyError};
 use crate::forward::Route;
 use crate::{client_options, generation, health, status};
 
 /// Forge's options route: a client's POST there is inspected (memory keys, checkpoint).
-const OPTIONS_PATH: &str = "/sdapi/v1/options";
-use crate::observe::access_log;
+pub const OPTIONS_PATH: &str = "/sdapi/v1/options";
+use crate::observe::observe;
 use crate::state::AppState;
 
 pub fn app(state: AppState) -> Router {
@@ -32,13 +29,7 @@ pub fn app(state: AppState) -> Router {
         .route("/proxy/plan/{route}", post(status::plan))
         .route("/proxy/{*rest}", any(unknown_proxy_route))
         .fallback(proxy_request)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        .layer(middleware::from_fn(access_log))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -111,33 +102,6 @@ pub async fn forward_to(
         Err(_) => {}
     }
     result
-}
-
-/// Counts every request by route and status for `/proxy/metrics`.
-async fn count_requests(
-    State(state): State<AppState>,
-    request: Request<Body>,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    let route: Cow<'static, str> = if path.starts_with("/proxy/") {
-        "proxy".into()
-    } else if request.method() == Method::POST
-        && state.config.generation_routes.iter().any(|r| r == path)
-    {
-        path.rsplit('/')
-            .next()
-            .unwrap_or("generation")
-            .to_owned()
-            .into()
-    } else if request.method() == Method::POST && path == OPTIONS_PATH {
-        "options".into()
-    } else {
-        "pass_through".into()
-    };
-    let response = next.run(request).await;
-    state.metrics.request(route, response.status().as_u16());
-    response
 }
 
 /// Liveness: the process answers.

@@ -11,9 +11,20 @@ use crate::nvml::{Nvml, NvmlError};
 use crate::scheduler::Scheduler;
 use crate::vram::VramSource;
 
-/// Cheap to clone: `Arc`s and the pooled client (itself an `Arc` inside).
+/// What every handler shares, behind one `Arc`: a clone (axum's `State` makes one per
+/// extractor, several per request) is a single reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub forwarder: Forwarder,
     pub backends: Arc<[BackendState]>,
@@ -64,7 +75,7 @@ impl AppState {
         let forwarder = Forwarder::new(&config);
         let metrics = Metrics::new();
         let scheduler = Scheduler::new(&config, metrics.clone());
-        Self {
+        Self(Arc::new(Shared {
             config: Arc::new(config),
             forwarder,
             backends: backends.into(),
@@ -72,6 +83,6 @@ impl AppState {
             metrics,
             scheduler,
             nvml_error,
-        }
+        }))
     }
 }
