@@ -460,6 +460,8 @@ pub struct Backend {
     /// Scheme and authority; a path prefix, when the URL has one, is in `base_path`.
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The `Host` header sent to it (its authority), made once rather than per request.
+    pub host: http::HeaderValue,
     /// Path prefix without a trailing slash (`""` for none).
     pub base_path: String,
     pub preserve_host: bool,
@@ -925,9 +927,12 @@ impl Backend {
         if uri.query().is_some() {
             return Err(invalid(&key, &raw.url, "a URL without a query string"));
         }
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| invalid(&key, &raw.url, expected))?;
         Ok(Self {
             scheme: scheme.clone(),
             authority: authority.clone(),
+            host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             preserve_host: raw.preserve_host,
             url: raw.url.clone(),

@@ -11,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Frame, SizeHint};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
@@ -20,7 +20,7 @@ use crate::config::{Config, LogFormat};
 use crate::state::AppState;
 
 /// Request ids travel in this header: accepted from the client, else generated, and forwarded.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id (set by the request-id layer before any handler runs), or "-".
 pub fn request_id(headers: &http::HeaderMap) -> &str {

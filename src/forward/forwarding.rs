@@ -2,11 +2,13 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+// Names made once: a custom header name given as `&str` is copied into a new allocation on
+// every insert.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Appends the client to `X-Forwarded-For`; sets `-Proto` and `-Host` unless a proxy in front
 /// of this one already did (then they describe the original request, which is what Forge wants).

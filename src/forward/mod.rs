@@ -15,7 +15,9 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -75,20 +77,22 @@ impl Forwarder {
             });
         }
 
-        let method = request.method().to_string();
-        let path = request.uri().path().to_owned();
         let upgrade = hop::requested_upgrade(request.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
-        parts.uri = backend_uri(route.backend, &parts.uri)?;
+        let method = parts.method.clone();
+        // The client's URI stays for error messages; the backend's goes out.
+        let outbound_uri = backend_uri(route.backend, &parts.uri)?;
+        let client_uri = std::mem::replace(&mut parts.uri, outbound_uri);
+        let path = client_uri.path();
         parts.version = Version::HTTP_11;
         hop::strip_hop_by_hop(&mut parts.headers);
         forwarding::add_forwarded_headers(&mut parts.headers, route.client_ip);
         if !route.backend.preserve_host {
-            let host = HeaderValue::from_str(route.backend.authority.as_str())
-                .map_err(|e| failed(route.backend, &method, &path, &e))?;
-            parts.headers.insert(header::HOST, host);
+            parts
+                .headers
+                .insert(header::HOST, route.backend.host.clone());
         }
         if let Some(protocol) = &upgrade {
             parts
@@ -96,7 +100,13 @@ impl Forwarder {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        let body = Body::new(Limited::new(body, to_usize(self.max_request_body)));
+        // A declared length was checked above and hyper holds the body to it; only a body
+        // of unknown length (chunked) needs counting on the way.
+        let body = if declared.is_some() || body.is_end_stream() {
+            body
+        } else {
+            Body::new(Limited::new(body, to_usize(self.max_request_body)))
+        };
         let outbound = Request::from_parts(parts, body);
 
         let sent = self.client.request(outbound);
@@ -105,14 +115,14 @@ impl Forwarder {
                 Some(after) => tokio::time::timeout(after, sent).await.map_err(|_| {
                     ProxyError::BackendTimeout {
                         backend: route.backend.url.clone(),
-                        method: method.clone(),
-                        path: path.clone(),
+                        method: method.to_string(),
+                        path: path.to_owned(),
                         after,
                     }
                 })?,
                 None => sent.await,
             };
-        let mut response = result.map_err(|e| self.classify(route.backend, &method, &path, &e))?;
+        let mut response = result.map_err(|e| self.classify(route.backend, &method, path, &e))?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -127,7 +137,7 @@ impl Forwarder {
     fn classify(
         &self,
         backend: &Backend,
-        method: &str,
+        method: &Method,
         path: &str,
         error: &hyper_util::client::legacy::Error,
     ) -> ProxyError {
@@ -143,7 +153,7 @@ impl Forwarder {
             };
         }
         tracing::warn!(backend = %backend.url, error = ?error, "backend request failed");
-        failed(backend, method, path, error)
+        failed(backend, method.as_str(), path, error)
     }
 
     /// A small call of the proxy's own (options, memory): the whole answer is read, up to
@@ -221,12 +231,24 @@ fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> 
 /// The backend URI for a request URI: the backend's scheme, authority and path prefix,
 /// then the request's path and query exactly as the client sent them.
 fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Uri::builder()
-        .scheme(backend.scheme.clone())
-        .authority(backend.authority.clone())
-        .path_and_query(format!("{}{}", backend.base_path, path_and_query))
-        .build()
+    let path_and_query = match (uri.path_and_query(), backend.base_path.is_empty()) {
+        // The common case, no prefix: the client's bytes, shared rather than copied.
+        (Some(path_and_query), true) => Ok(path_and_query.clone()),
+        (path_and_query, _) => PathAndQuery::try_from(format!(
+            "{}{}",
+            backend.base_path,
+            path_and_query.map_or("/", |p| p.as_str())
+        )),
+    };
+    path_and_query
+        .map_err(http::Error::from)
+        .and_then(|path_and_query| {
+            Uri::builder()
+                .scheme(backend.scheme.clone())
+                .authority(backend.authority.clone())
+                .path_and_query(path_and_query)
+                .build()
+        })
         .map_err(|e| ProxyError::BackendFailed {
             backend: backend.url.clone(),
             method: String::new(),
