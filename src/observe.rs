@@ -2,13 +2,13 @@
 //! body has been sent (so the line carries the real byte count and duration).
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -42,8 +42,8 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     };
 }
 
-/// Middleware, the outermost stage of every request (one layer, so one boxed future, on the
-/// hot path): its id, its count in the metrics, and its access-log line.
+/// The outermost stage of every request, around `next` (the rest of its handling): its id,
+/// its count in the metrics, and its access-log line.
 ///
 /// - The id is the client's `x-request-id`, else a new UUID; it is forwarded to the backend
 ///   and returned in the response (unless the response carries one already).
@@ -51,7 +51,11 @@ pub fn init_tracing(format: LogFormat, level: &str) {
 /// - One access-log line, written when the body has been sent (so it carries the real byte
 ///   count and duration). It logs the path without its query string and no headers, so
 ///   credentials, cookies and tokens never reach the log.
-pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn observe<Next, Handled>(state: &AppState, mut request: Request, next: Next) -> Response
+where
+    Next: FnOnce(Request) -> Handled,
+    Handled: Future<Output = Response>,
+{
     let id = match request.headers().get(REQUEST_ID_HEADER) {
         Some(id) => id.clone(),
         None => {
@@ -71,7 +75,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         bytes: 0,
         complete: false,
     });
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     state.metrics.request(route, response.status().as_u16());
     if !response.headers().contains_key(REQUEST_ID_HEADER) {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);

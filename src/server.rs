@@ -9,12 +9,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::response::Response;
-use axum::Router;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -22,10 +21,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::Service;
 
 use crate::config::Config;
-use crate::routes::app;
+use crate::routes::{app, Proxy};
 use crate::state::AppState;
 
 /// After an accept error other than a failed handshake (e.g. too many open files), wait this
@@ -44,7 +42,7 @@ pub async fn run(
     let background = CancellationToken::new();
     crate::health::spawn_checks(&state, &background);
     let _stop_background = background.drop_guard();
-    let router = app(state);
+    let proxy = app(state);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -62,7 +60,7 @@ pub async fn run(
         connections.spawn(serve_connection(
             stream,
             peer,
-            router.clone(),
+            proxy.clone(),
             stopping.clone(),
         ));
     }
@@ -89,14 +87,14 @@ pub async fn run(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    proxy: Proxy,
     stopping: CancellationToken,
 ) {
     // Responses go out as soon as they are written: no Nagle delay behind a small write.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    let service = ClientService { router, peer };
+    let service = ClientService { proxy, peer };
     let connection = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -113,23 +111,22 @@ async fn serve_connection(
     }
 }
 
-/// The router as hyper sees it, with the client's address for handlers that route by it.
+/// The proxy as hyper sees it, with the client's address.
 #[derive(Clone)]
 struct ClientService {
-    router: Router,
+    proxy: Proxy,
     peer: SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ClientService {
     type Response = Response;
     type Error = Infallible;
-    type Future = axum::routing::future::RouteFuture<Infallible>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let mut request = request.map(Body::new);
-        request.extensions_mut().insert(ConnectInfo(self.peer));
-        // The router is always ready; a clone is one reference count.
-        self.router.clone().call(request)
+        let proxy = self.proxy.clone();
+        let client = self.peer.ip();
+        Box::pin(async move { Ok(proxy.handle(Some(client), request.map(Body::new)).await) })
     }
 }
 
