@@ -78,7 +78,8 @@ class Context:
             proxy = servers.start_proxy(self.procs, self.server_cpus, self.workdir, [sim.url])
             workers = tokio_workers(self.server_cpus)
             nginx = servers.start_nginx(self.procs, self.server_cpus, self.workdir, sim.url, workers)
-            self._base = {"sim": sim, "proxy": proxy, "nginx": nginx, "workers": workers,
+            bare = servers.start_bare(self.procs, self.server_cpus, sim.url)
+            self._base = {"sim": sim, "proxy": proxy, "nginx": nginx, "bare": bare, "workers": workers,
                           "proxy_threads": thread_names(proxy.pid)}
             self.log(f"servers: forge-sim {sim.url}, proxy {proxy.url}, nginx {nginx.url} ({workers} workers)")
         return self._base

@@ -7,7 +7,7 @@
 //! # Layout
 //! Following a request's path:
 //! - [`config`] — defaults, TOML file, environment and flags, validated into [`Config`].
-//! - [`routes`] — the router: `/proxy/*` own routes, generations, client options, pass-through.
+//! - [`routes`] — dispatch: `/proxy/*` own routes (axum), generations, client options, pass-through.
 //! - [`inspect`] — reading only what is needed of a body, writing back only what changes.
 //! - [`profile`] — which profile (model family) a generation needs; pure.
 //! - [`nvml`], [`vram`] — live VRAM readings: NVML on this host, else the backend's.
@@ -23,7 +23,7 @@
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
 //! - [`observe`], [`metrics`], [`decisions`], [`status`] — logs, Prometheus metrics, the
 //!   last decisions, and the `/proxy/status`, `/proxy/plan/*`, `/proxy/metrics` routes.
-//! - [`server`] — [`run`] with graceful shutdown.
+//! - [`server`] — [`run`]: the accept loop, hyper HTTP/1.1 connections, graceful shutdown.
 //! - [`state`] — [`AppState`], shared by every handler.
 
 pub mod backend;

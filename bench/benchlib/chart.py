@@ -11,7 +11,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"nginx": "#8c8c8c", "proxy": "#1f77b4"}
+COLORS = {"nginx": "#8c8c8c", "proxy": "#1f77b4", "bare hyper (reference)": "#c5b0d5"}
 WAY_LABELS = {"a": "(a) direct,\nuntouched", "b": "(b) direct,\narticle recipe", "c": "(c) proxy,\nFIFO",
               "d": "(d) proxy,\naffinity"}
 SETUP_COLORS = {"1 backend": "#ff7f0e", "3 backends": "#2ca02c"}
@@ -55,6 +55,7 @@ def draw(results: dict, path: Path) -> None:
         cells = s["small"]["cells"]
         groups = [f"{c['endpoint'].rsplit('/', 1)[1]}\n{c['connections']} conn" for c in cells.values()]
         series = {k: [c["summary"][k]["rps_ratio_to_direct"] for c in cells.values()] for k in ("nginx", "proxy")}
+        series["bare hyper (reference)"] = [c["summary"]["bare"]["rps_ratio_to_direct"] for c in cells.values()]
         _bars(ax, groups, series, COLORS, "requests/s, x direct", "1. Small requests: throughput relative to direct (higher is better)", ref=1.0)
     if "big" in s or "nothing" in s:
         ax = fig.add_subplot(grid[0, 4:])

@@ -53,6 +53,7 @@ def small(r: dict) -> str:
             f"{s['proxy']['p50_us']:.0f} / {s['proxy']['p99_us']:.0f}",
             f"+{s['nginx']['added_p50_us']:.0f}", f"+{s['proxy']['added_p50_us']:.0f}",
             _x(s["proxy_vs_nginx"]["rps_ratio"]),
+            f"{s['bare']['rps']:.0f} ({_x(s['bare_vs_nginx']['rps_ratio'])})",
         ])
         cpu_rows.append([
             name, cell["connections"], f"{s['direct']['sim_cpu_us_per_request']:.1f}",
@@ -61,15 +62,21 @@ def small(r: dict) -> str:
             _x(s["proxy_vs_nginx"]["cpu_per_request_ratio"]),
             f"{s['nginx']['server_preemptions_per_request']:.2f} / {s['nginx']['sim_switches_per_request']:.2f}",
             f"{s['proxy']['server_preemptions_per_request']:.2f} / {s['proxy']['sim_switches_per_request']:.2f}",
+            f"{s['bare']['server_cpu_us_per_request']:.1f} ({_x(s['bare_vs_nginx']['cpu_per_request_ratio'])})",
+            _x(s["proxy_vs_bare"]["cpu_per_request_ratio"]),
         ])
     return (f"### 1. Small requests (wrk, {r['seconds_per_run']} s per run)\n\n"
             + _table(["GET", "conns", "direct req/s", "nginx req/s (x direct)", "proxy req/s (x direct)",
                       "direct p50/p99 µs", "nginx p50/p99 µs", "proxy p50/p99 µs", "nginx added p50 µs",
-                      "proxy added p50 µs", "proxy/nginx req/s"], rows)
+                      "proxy added p50 µs", "proxy/nginx req/s", "reference: bare hyper req/s (x nginx)"], rows)
             + "\nCPU time per request on the server CPU (from /proc: utime + stime of each process group), and "
               "context switches per request (the contender preempted / forge-sim switched):\n\n"
             + _table(["GET", "conns", "direct: forge-sim µs", "nginx µs", "proxy µs", "proxy/nginx CPU",
-                      "nginx preempted / sim switches", "proxy preempted / sim switches"], cpu_rows))
+                      "nginx preempted / sim switches", "proxy preempted / sim switches",
+                      "bare hyper µs (x nginx)", "proxy/bare hyper CPU"], cpu_rows)
+            + "\nbare hyper: hyper's HTTP/1.1 server and hyper-util's pooled client, the parts the proxy "
+              "forwards with, and nothing else (`examples/bare_hyper_proxy.rs`): the floor for a proxy "
+              "built on them.\n")
 
 
 def big(r: dict) -> str:

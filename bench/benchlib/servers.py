@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("BENCH_BIN_DIR") or ROOT / "target/release")
 SIM_BIN = BIN_DIR / "forge-sim"
 PROXY_BIN = BIN_DIR / "forge-vram-proxy"
+# The reference floor for small requests: hyper's server and pooled client, nothing else
+# (examples/bare_hyper_proxy.rs).
+BARE_BIN = BIN_DIR / "examples" / "bare_hyper_proxy"
 
 FLUX = "flux1-dev-Q4_0.gguf"
 SDXL = "sd_xl_base_1.0.safetensors"
@@ -162,6 +165,15 @@ http {{
     }}
 }}
 """
+
+
+def start_bare(procs: Processes, cpus: str | None, upstream_url: str) -> Server:
+    port = free_port()
+    argv = [str(BARE_BIN), f"127.0.0.1:{port}", upstream_url.removeprefix("http://")]
+    proc = procs.start("bare-hyper-proxy", argv, cpus)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/sdapi/v1/progress", proc)
+    return Server("bare hyper", url, proc, {"argv": argv})
 
 
 def start_nginx(procs: Processes, cpus: str | None, workdir: Path, upstream_url: str, workers: int) -> Server:

@@ -50,7 +50,9 @@ def _small(r):
             ratio = cell["summary"]["proxy_vs_nginx"]["rps_ratio"]
             sm = cell["summary"]
             out.append(_t("small", f"throughput >= nginx's: {key}", ratio >= 1.0, ratio,
-                          f"proxy {sm['proxy']['rps']:.0f}/s, nginx {sm['nginx']['rps']:.0f}/s", "proxy/nginx >= 1.0"))
+                          f"proxy {sm['proxy']['rps']:.0f}/s, nginx {sm['nginx']['rps']:.0f}/s "
+                          f"(bare hyper {sm['bare']['rps']:.0f}/s, {sm['bare_vs_nginx']['rps_ratio']:.2f}x nginx)",
+                          "proxy/nginx >= 1.0"))
     return out
 
 

@@ -1,7 +1,9 @@
 """1. Small requests: GET /sdapi/v1/progress and GET /sdapi/v1/options with wrk at 1, 16 and
 256 connections, fixed duration per run; direct, nginx and the proxy alternate in every
-round. Reported: requests/s, p50/p99, each one's ratio to direct, and the added p50 latency
-(contender's p50 minus direct's, paired within the round)."""
+round, with a reference: "bare", a proxy of hyper's server and pooled client and nothing
+else (examples/bare_hyper_proxy.rs), the floor for any proxy built on those parts. Reported:
+requests/s, p50/p99, each one's ratio to direct, and the added p50 latency (contender's p50
+minus direct's, paired within the round)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ from benchlib import procstat, stats, wrk
 
 ENDPOINTS = ["/sdapi/v1/progress", "/sdapi/v1/options"]
 CONNECTIONS = [1, 16, 256]
-CONTENDERS = ["direct", "nginx", "proxy"]
+CONTENDERS = ["direct", "nginx", "proxy", "bare"]
 
 
 def run(ctx) -> dict:
     base = ctx.base()
-    urls = {"direct": base["sim"].url, "nginx": base["nginx"].url, "proxy": base["proxy"].url}
-    pgids = {"direct": None, "nginx": base["nginx"].pid, "proxy": base["proxy"].pid}
+    urls = {"direct": base["sim"].url, "nginx": base["nginx"].url, "proxy": base["proxy"].url,
+            "bare": base["bare"].url}
+    pgids = {"direct": None, "nginx": base["nginx"].pid, "proxy": base["proxy"].pid, "bare": base["bare"].pid}
     sim_pgid = base["sim"].pid
     seconds = ctx.settings.wrk_seconds
     cells = {f"{ep} c={c}": {"endpoint": ep, "connections": c, "rounds": []} for ep in ENDPOINTS for c in CONNECTIONS}
@@ -81,5 +84,13 @@ def summarize(rounds: list[dict]) -> dict:
         "p50_ratio": stats.paired_ratio(rounds, "proxy", "nginx", "p50_us"),
         "p99_ratio": stats.paired_ratio(rounds, "proxy", "nginx", "p99_us"),
         "cpu_per_request_ratio": stats.paired_ratio(rounds, "proxy", "nginx", "server_cpu_us_per_request"),
+    }
+    out["bare_vs_nginx"] = {
+        "rps_ratio": stats.paired_ratio(rounds, "bare", "nginx", "rps"),
+        "cpu_per_request_ratio": stats.paired_ratio(rounds, "bare", "nginx", "server_cpu_us_per_request"),
+    }
+    out["proxy_vs_bare"] = {
+        "rps_ratio": stats.paired_ratio(rounds, "proxy", "bare", "rps"),
+        "cpu_per_request_ratio": stats.paired_ratio(rounds, "proxy", "bare", "server_cpu_us_per_request"),
     }
     return out
