@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// Request ids travel in this header: accepted from the client, else generated, and forwarded.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request's id (set by the request-id layer before any handler runs), or "-".
+/// The request's id (set by [`observe`] before any handler runs), or "-".
 pub fn request_id(headers: &http::HeaderMap) -> &str {
     headers
         .get(REQUEST_ID_HEADER)
@@ -65,7 +65,7 @@ where
         }
     };
     let route = metrics_route(&state.config, request.method(), request.uri().path());
-    // With the access log filtered out (e.g. `level = "warn"`), nothing is counted or kept.
+    // With the access log filtered out (e.g. `level = "warn"`), nothing is kept for it.
     let entry = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| AccessEntry {
         started: Instant::now(),
         method: request.method().clone(),
@@ -102,7 +102,7 @@ fn new_request_id() -> HeaderValue {
 /// The metrics' `route` label: "proxy" for the proxy's own routes, the generation's last path
 /// segment ("txt2img"), "options" for a client's options call, else "pass_through".
 fn metrics_route(config: &Config, method: &Method, path: &str) -> Cow<'static, str> {
-    if path.starts_with("/proxy/") {
+    if path.starts_with(crate::routes::OWN_PREFIX) {
         "proxy".into()
     } else if method == Method::POST && config.generation_routes.iter().any(|r| r == path) {
         path.rsplit('/')
