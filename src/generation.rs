@@ -16,7 +16,6 @@ use crate::backend::BackendState;
 use crate::decisions::Decision;
 use crate::error::{respond, ProxyError};
 use crate::forge::{Forge, ForgeError};
-use crate::forward::CallError;
 use crate::inspect::Head;
 use crate::inspect::{read_body, set_length, GenerationBody};
 use crate::observe::request_id;
@@ -93,16 +92,10 @@ async fn generate(
             }
             Err(error) => {
                 // The backend failed before the generation was sent: another may take it.
-                let Some((reason, refused)) = unsent_backend_failure(&error) else {
+                // Health has heard of it already (`forward_to`, `observe_preparing`).
+                let Some(reason) = unsent_backend_failure(&error) else {
                     return Err(error);
                 };
-                if refused {
-                    crate::health::observe_unreachable(state, index, &reason);
-                } else {
-                    state
-                        .scheduler
-                        .report_health(index, false, reason.clone(), false);
-                }
                 drop(grant);
                 exclude.push(index);
                 let others = (0..state.backends.len())
@@ -119,18 +112,27 @@ async fn generate(
 }
 
 /// A failure of the backend itself (not an answer of Forge's) before the generation was
-/// sent, with its reason and whether the connection was refused.
-fn unsent_backend_failure(error: &ProxyError) -> Option<(String, bool)> {
+/// sent, with its reason.
+fn unsent_backend_failure(error: &ProxyError) -> Option<String> {
     match error {
-        ProxyError::BackendUnreachable { reason, .. } => Some((reason.clone(), true)),
+        ProxyError::BackendUnreachable { reason, .. } => Some(reason.clone()),
         ProxyError::OptionsFailed {
             source: ForgeError::Call { source, .. },
             ..
-        } => Some((
-            source.to_string(),
-            matches!(source, CallError::Unreachable(_)),
-        )),
+        } => Some(source.to_string()),
         _ => None,
+    }
+}
+
+/// Tells health that backend `index` failed one of the proxy's own calls while a generation
+/// was prepared on it (a forwarded request's failures are told in `forward_to`).
+fn observe_preparing(state: &AppState, index: usize, error: &ProxyError) {
+    match (error, unsent_backend_failure(error)) {
+        (ProxyError::BackendUnreachable { reason, .. }, _) => {
+            crate::health::observe_unreachable(state, index, reason)
+        }
+        (_, Some(reason)) => state.scheduler.report_health(index, false, reason, false),
+        (_, None) => {}
     }
 }
 
@@ -173,7 +175,9 @@ async fn run_on(
     let _critical = backend.generation_lock.lock().await;
     let started = Instant::now();
 
-    let current = current_options(state, backend, &forge).await?;
+    let current = current_options(state, backend, &forge)
+        .await
+        .inspect_err(|error| observe_preparing(state, index, error))?;
     let reading = read_vram(state, backend, &forge).await;
     let plan = plan::plan(
         &state.config,
@@ -200,7 +204,9 @@ async fn run_on(
             state
                 .metrics
                 .options_call(&backend.config.url, "failed", "options_call_failed");
-            return Err(ProxyError::preparing(&backend.config.url, source));
+            let error = ProxyError::preparing(&backend.config.url, source);
+            observe_preparing(state, index, &error);
+            return Err(error);
         }
         backend.applied(&plan.options);
     }

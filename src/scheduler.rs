@@ -104,6 +104,8 @@ pub struct Ticket {
     id: u64,
     queued_at: Instant,
     receiver: oneshot::Receiver<Result<Grant, Refused>>,
+    /// The answer came: the waiter is no longer queued, nothing to cancel on drop.
+    settled: bool,
 }
 
 /// The right to run one generation on `backend`; dropping it frees the backend.
@@ -193,6 +195,7 @@ impl Scheduler {
             id,
             queued_at: Instant::now(),
             receiver,
+            settled: false,
         })
     }
 
@@ -574,10 +577,6 @@ impl Scheduler {
         self.lock().lanes[backend].healthy
     }
 
-    pub fn any_healthy(&self) -> bool {
-        self.lock().lanes.iter().any(|l| l.healthy)
-    }
-
     /// Counts a retry on another backend (the first one failed before the request was sent).
     pub fn note_retry(&self) {
         self.lock().retries += 1;
@@ -713,10 +712,13 @@ pub struct Estimates {
 }
 
 impl Ticket {
-    /// Waits for a backend. The time waited is in `Grant::waited`.
+    /// Waits for a backend; returns the grant and the time waited.
     pub async fn granted(mut self) -> Result<(Grant, Duration), Refused> {
         let waited = self.queued_at;
-        match (&mut self.receiver).await {
+        let answer = (&mut self.receiver).await;
+        // Whoever answered (or dropped the sender) has taken the waiter out of its lane.
+        self.settled = true;
+        match answer {
             Ok(result) => result.map(|grant| (grant, waited.elapsed())),
             Err(_) => Err(Refused::NoBackend {
                 profile: "(any)".to_owned(),
@@ -727,7 +729,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.scheduler.cancel(self.id);
+        if !self.settled {
+            self.scheduler.cancel(self.id);
+        }
     }
 }
 
