@@ -498,6 +498,8 @@ impl Scheduler {
             if !lane.healthy && lane.successes >= self.health.healthy_after {
                 lane.healthy = true;
                 tracing::info!(backend, "backend is healthy again");
+                // Idle: it takes work queued on the others at once, not at the next arrival.
+                self.dispatch(&mut queues, backend);
             }
             return;
         }
@@ -862,6 +864,22 @@ mod tests {
             }
             other => panic!("expected a full queue, got {:?}", other.map(|_| ())),
         }
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_comes_back_takes_work_queued_elsewhere() {
+        let s = scheduler("");
+        s.report_health(1, false, "connection refused".into(), true);
+        let running = grant(s.enqueue(SD15, None, &[]).unwrap()).await;
+        assert_eq!(running.backend(), 0);
+        let waiting = s.enqueue(SD15, None, &[]).unwrap();
+        assert_eq!(s.snapshot().backends[0].queue.len(), 1);
+        s.report_health(1, true, "check answered 200".into(), false);
+        let moved = tokio::time::timeout(Duration::from_secs(1), grant(waiting))
+            .await
+            .expect("the backend that came back takes the queued generation");
+        assert_eq!(moved.backend(), 1);
+        drop(running);
     }
 
     #[tokio::test]
