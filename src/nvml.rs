@@ -477,6 +477,13 @@ mod tests {
             .read_blocking(&GpuSelector::Uuid(RTX_3060_UUID.to_string()))
             .expect("GPU by UUID");
         assert_eq!(reading, rtx_3060(900, rtx_3060_processes()));
+        // The second card by its UUID: not simply the first one.
+        let second = nvml
+            .read_blocking(&GpuSelector::Uuid(
+                "GPU-00000000-1111-2222-3333-444444444444".to_string(),
+            ))
+            .expect("GPU 1 by UUID");
+        assert_eq!((second.index, second.total_mib), (1, 24564));
     }
 
     #[test]

@@ -290,6 +290,9 @@ mod tests {
         // With a 1 MP reserve and more taken by others, the weights give way, not the reserve.
         let crowded = decide(&flux(), 12288, 6144, &RequestSize::default());
         assert_eq!((crowded.usable_mib, crowded.inference_mib), (6144, 4096));
+        // SD 1.5's reserve is whatever its weights leave: 2 GiB less with 2 GiB taken.
+        let sd = decide(&sd15(), 12288, 2048, &RequestSize::default());
+        assert_eq!(sd.inference_mib, 8192);
     }
 
     #[test]

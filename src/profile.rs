@@ -310,6 +310,14 @@ mod tests {
             ..all.clone()
         };
         assert_eq!(resolve(&profiles, 3, &unknown_preset).unwrap().0, 3);
+        // The backend's checkpoint decides, not the default (0 here).
+        assert_eq!(
+            resolve(&profiles, 0, &unknown_preset).unwrap(),
+            (
+                3,
+                Reason::BackendCheckpoint("v1-5-pruned-emaonly.safetensors".into())
+            )
+        );
         let nothing = Hints::default();
         assert_eq!(
             resolve(&profiles, 2, &nothing).unwrap(),

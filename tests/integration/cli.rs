@@ -44,6 +44,8 @@ fn no_config_file_means_embedded_defaults() {
     let output = proxy().arg("check-config").output().unwrap();
     assert!(output.status.success(), "{output:?}");
     let printed = String::from_utf8(output.stdout).unwrap();
+    // Parsing merges onto the defaults: the printed text itself must carry them.
+    assert!(printed.contains("listen = \"127.0.0.1:7870\""), "{printed}");
     let effective = from_toml_str(&printed).unwrap();
     assert_eq!(effective.raw, forge_vram_proxy::Config::default().raw);
 }

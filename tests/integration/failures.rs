@@ -3,11 +3,9 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client, get_json, journal_of, sim, txt2img_with, Proxy, FLUX, SD15};
-
-fn proxy_error(kind: &str, message: &str) -> Value {
-    json!({"error": kind, "detail": message, "body": "", "message": message, "errors": message})
-}
+use crate::support::{
+    client, get_json, journal_of, proxy_error, sim, txt2img_with, Proxy, FLUX, SD15,
+};
 
 #[tokio::test]
 async fn options_call_answering_500_is_a_502_and_no_generation_runs() {

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{client, dead_backend, get_json, sim, sim_with, Proxy};
+use crate::support::{client, dead_backend, get_json, proxy_error, sim, sim_with, Proxy};
 
 /// Headers that legitimately differ: the clock, the request id the proxy adds, and the
 /// proxy's account of a generation's memory decision.
@@ -395,10 +395,7 @@ async fn websocket_echoes_through_the_proxy() {
 }
 
 fn assert_proxy_error(body: &Value, kind: &str, message: &str) {
-    assert_eq!(
-        *body,
-        json!({"error": kind, "detail": message, "body": "", "message": message, "errors": message})
-    );
+    assert_eq!(*body, proxy_error(kind, message));
 }
 
 #[tokio::test]

@@ -313,3 +313,8 @@ pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
         .await
         .expect("a JSON answer")
 }
+
+/// The body of one of the proxy's own errors, in Forge's error shape.
+pub fn proxy_error(kind: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"error": kind, "detail": message, "body": "", "message": message, "errors": message})
+}

@@ -436,6 +436,13 @@ async fn with_verification_off_the_proxy_trusts_what_it_applied() {
 async fn the_gpu_can_be_chosen_by_uuid() {
     let sim = sim_with(|_| {}).await;
     let gpu = FakeGpu::new(24576);
+    // The chosen card second, behind a 12 GiB one: index 0 would give Flux 4096.
+    let devices = serde_json::json!([
+        {"uuid": "GPU-00000000-0000-4000-8000-ffffffffffff", "name": "Simulated RTX",
+         "total_mib": 12288, "used_mib": 600},
+        {"uuid": gpu.uuid, "name": "Simulated RTX", "total_mib": 24576, "used_mib": 600},
+    ]);
+    std::fs::write(&gpu.path, devices.to_string()).unwrap();
     let dir = std::env::temp_dir().join(format!("fvp-uuid-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("config.toml");
