@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -114,8 +115,11 @@ pub const PATHS: &[&str] = &[
     "/sdapi/v1/refresh-loras",
 ];
 
-async fn get_options(State(state): State<SimState>) -> Json<Value> {
-    Json(state.options())
+async fn get_options(State(state): State<SimState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.options_json(),
+    )
 }
 
 /// Forge's `set_config`: 500 and nothing applied for an unknown checkpoint;

@@ -37,7 +37,12 @@ pub async fn generate(
 
     let _queue = state.queue().lock().await;
     if route == Route::Img2Img {
-        for image in request.get("init_images").as_array().into_iter().flatten() {
+        // By reference: the images may be tens of MiB.
+        let images = request
+            .parameters()
+            .get("init_images")
+            .and_then(Value::as_array);
+        for image in images.into_iter().flatten() {
             init_images::check(image)?;
         }
     }

@@ -154,7 +154,7 @@ impl GenerationRequest {
     /// Validates a decoded body. Errors come one per bad field, in field
     /// order, as FastAPI reports them.
     pub fn validate(route: Route, body: Value) -> Result<GenerationRequest, ApiError> {
-        let Value::Object(body) = body else {
+        let Value::Object(mut body) = body else {
             return Err(ApiError::validation(json!({
                 "type": "model_attributes_type",
                 "loc": ["body"],
@@ -165,7 +165,7 @@ impl GenerationRequest {
         let mut params = Map::new();
         let mut errors = Vec::new();
         for &(name, kind, default) in fields(route) {
-            let value = match body.get(name) {
+            let value = match body.remove(name) {
                 None => serde_json::from_str(default).unwrap_or(Value::Null),
                 Some(Value::Null) => Value::Null,
                 Some(value) => match coerce(kind, name, value) {
@@ -230,17 +230,18 @@ fn field_error(loc: Value, kind: &str, msg: &str, input: &Value) -> Value {
 }
 
 /// Pydantic v2 lax-mode coercion of one non-null value.
-fn coerce(kind: Kind, name: &str, value: &Value) -> Result<Value, Vec<Value>> {
+/// Takes the value, so the large ones (init images) are moved, not copied.
+fn coerce(kind: Kind, name: &str, value: Value) -> Result<Value, Vec<Value>> {
     let loc = json!(["body", name]);
-    let fail = |kind: &str, msg: &str| Err(vec![field_error(loc.clone(), kind, msg, value)]);
+    let fail = |kind: &str, msg: &str| Err(vec![field_error(loc.clone(), kind, msg, &value)]);
     match kind {
-        Kind::Any => Ok(value.clone()),
-        Kind::Int => match coerce_int(value) {
+        Kind::Any => Ok(value),
+        Kind::Int => match coerce_int(&value) {
             Ok(int) => Ok(int),
             Err((kind, msg)) => fail(kind, msg),
         },
-        Kind::Float => match value {
-            Value::Number(_) => Ok(value.clone()),
+        Kind::Float => match &value {
+            Value::Number(_) => Ok(value),
             Value::Bool(b) => Ok(json!(if *b { 1.0 } else { 0.0 })),
             Value::String(s) => match s.trim().parse::<f64>() {
                 Ok(f) => Ok(json!(f)),
@@ -251,11 +252,11 @@ fn coerce(kind: Kind, name: &str, value: &Value) -> Result<Value, Vec<Value>> {
             },
             _ => fail("float_type", "Input should be a valid number"),
         },
-        Kind::Str => match value {
-            Value::String(_) => Ok(value.clone()),
+        Kind::Str => match &value {
+            Value::String(_) => Ok(value),
             _ => fail("string_type", "Input should be a valid string"),
         },
-        Kind::Bool => match coerce_bool(value) {
+        Kind::Bool => match coerce_bool(&value) {
             Some(b) => Ok(Value::Bool(b)),
             None if matches!(value, Value::Array(_) | Value::Object(_)) => {
                 fail("bool_type", "Input should be a valid boolean")
@@ -265,15 +266,15 @@ fn coerce(kind: Kind, name: &str, value: &Value) -> Result<Value, Vec<Value>> {
                 "Input should be a valid boolean, unable to interpret input",
             ),
         },
-        Kind::Dict => match value {
-            Value::Object(_) => Ok(value.clone()),
+        Kind::Dict => match &value {
+            Value::Object(_) => Ok(value),
             _ => fail("dict_type", "Input should be a valid dictionary"),
         },
-        Kind::List => match value {
-            Value::Array(_) => Ok(value.clone()),
+        Kind::List => match &value {
+            Value::Array(_) => Ok(value),
             _ => fail("list_type", "Input should be a valid list"),
         },
-        Kind::ListOfStr => match value {
+        Kind::ListOfStr => match &value {
             Value::Array(items) => {
                 let errors: Vec<Value> = items
                     .iter()
@@ -289,7 +290,7 @@ fn coerce(kind: Kind, name: &str, value: &Value) -> Result<Value, Vec<Value>> {
                     })
                     .collect();
                 if errors.is_empty() {
-                    Ok(value.clone())
+                    Ok(value)
                 } else {
                     Err(errors)
                 }

@@ -62,11 +62,19 @@ pub fn build(request: &GenerationRequest, produced: Produced<'_>) -> GenerationR
         images.extend(produced.grid.clone());
         images.extend(std::iter::repeat_n(produced.image.clone(), produced.count));
     }
-    let mut parameters = request.parameters().clone();
-    if request.route == Route::Img2Img && !request.bool("include_init_images") {
-        parameters.insert("init_images".into(), Value::Null);
-        parameters.insert("mask".into(), Value::Null);
-    }
+    // Forge leaves the images out unless asked: they are not copied only to be dropped.
+    let images_left_out = request.route == Route::Img2Img && !request.bool("include_init_images");
+    let parameters = request
+        .parameters()
+        .iter()
+        .map(|(name, value)| {
+            let left_out = images_left_out && matches!(name.as_str(), "init_images" | "mask");
+            (
+                name.clone(),
+                if left_out { Value::Null } else { value.clone() },
+            )
+        })
+        .collect();
     GenerationResponse {
         images,
         parameters,

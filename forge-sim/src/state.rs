@@ -71,6 +71,11 @@ impl SimState {
         self.backend().options().to_json()
     }
 
+    /// `GET /sdapi/v1/options`'s body: serialized under the backend lock, not cloned.
+    pub fn options_json(&self) -> Vec<u8> {
+        self.backend().options().to_json_bytes()
+    }
+
     pub fn config(&self) -> &SimConfig {
         &self.inner.config
     }
