@@ -189,7 +189,7 @@ impl Scheduler {
             excluded: exclude.to_vec(),
             grant: sender,
         };
-        self.place(&mut queues, waiter, exclude)?;
+        self.place(&mut queues, waiter)?;
         Ok(Ticket {
             scheduler: self.clone(),
             id,
@@ -200,22 +200,11 @@ impl Scheduler {
     }
 
     /// Puts a waiter on the best lane, or refuses it.
-    fn place(
-        self: &Arc<Self>,
-        queues: &mut Queues,
-        waiter: Waiter,
-        exclude: &[usize],
-    ) -> Result<(), Refused> {
+    fn place(self: &Arc<Self>, queues: &mut Queues, waiter: Waiter) -> Result<(), Refused> {
         let total: usize = queues.lanes.iter().map(|l| l.waiting.len()).sum();
-        let candidates: Vec<usize> = (0..queues.lanes.len())
-            .filter(|i| !exclude.contains(i) && !waiter.excluded.contains(i))
-            .filter(|i| queues.lanes[*i].takes(waiter.profile))
-            .collect();
+        let candidates: Vec<usize> = candidates(queues, &waiter, None).collect();
         if candidates.is_empty() {
-            let profile = waiter
-                .profile
-                .map_or("(any)".to_owned(), |p| self.profile_names[p].clone());
-            return Err(Refused::NoBackend { profile });
+            return Err(self.no_backend(waiter.profile));
         }
         let with_room: Vec<usize> = candidates
             .iter()
@@ -262,6 +251,13 @@ impl Scheduler {
         Ok(())
     }
 
+    /// No backend may take `profile`.
+    fn no_backend(&self, profile: Option<usize>) -> Refused {
+        Refused::NoBackend {
+            profile: profile.map_or("(any)".to_owned(), |p| self.profile_names[p].clone()),
+        }
+    }
+
     fn publish_lengths(&self, queues: &Queues) {
         for (lane, url) in queues.lanes.iter().zip(&self.urls) {
             self.metrics.queue_length(url, lane.waiting.len() as u64);
@@ -292,8 +288,12 @@ impl Scheduler {
 
     fn duration_estimate(&self, queues: &Queues, profile: Option<usize>) -> Duration {
         let learned = profile.and_then(|p| queues.durations[p]).or_else(|| {
-            let known: Vec<f64> = queues.durations.iter().flatten().copied().collect();
-            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+            let (sum, count) = queues
+                .durations
+                .iter()
+                .flatten()
+                .fold((0.0, 0u32), |(sum, count), d| (sum + d, count + 1));
+            (count > 0).then(|| sum / f64::from(count))
         });
         learned.map_or(INITIAL_DURATION, Duration::from_secs_f64)
     }
@@ -534,15 +534,8 @@ impl Scheduler {
     ) -> Result<(), Refused> {
         // `place` consumes the waiter; on refusal the waiter must still hear about it, so
         // check the candidates first with the same rules.
-        let any = queues.lanes.iter().enumerate().any(|(i, lane)| {
-            i != from && !waiter.excluded.contains(&i) && lane.takes(waiter.profile)
-        });
-        if !any {
-            let refused = Refused::NoBackend {
-                profile: waiter
-                    .profile
-                    .map_or("(any)".to_owned(), |p| self.profile_names[p].clone()),
-            };
+        if candidates(queues, &waiter, Some(from)).next().is_none() {
+            let refused = self.no_backend(waiter.profile);
             let _ = waiter.grant.send(Err(refused.clone()));
             return Err(refused);
         }
@@ -554,10 +547,8 @@ impl Scheduler {
 
     /// Like `place`, without queue limits (the work was already accepted).
     fn place_unbounded(self: &Arc<Self>, queues: &mut Queues, waiter: Waiter, from: usize) {
-        let best = (0..queues.lanes.len())
-            .filter(|i| *i != from && !waiter.excluded.contains(i))
-            .filter(|i| queues.lanes[*i].takes(waiter.profile))
-            .min_by_key(|i| self.expected_wait(queues, *i));
+        let best =
+            candidates(queues, &waiter, Some(from)).min_by_key(|i| self.expected_wait(queues, *i));
         if let Some(lane) = best {
             // Arrival order is kept: it goes behind those that arrived before it.
             let position = queues.lanes[lane]
@@ -713,6 +704,18 @@ pub struct Estimates {
     pub reload_s: Option<f64>,
 }
 
+/// The lanes that may take `waiter`: not excluded for it, not `skip`, healthy and serving
+/// its profile.
+fn candidates<'a>(
+    queues: &'a Queues,
+    waiter: &'a Waiter,
+    skip: Option<usize>,
+) -> impl Iterator<Item = usize> + 'a {
+    (0..queues.lanes.len()).filter(move |i| {
+        Some(*i) != skip && !waiter.excluded.contains(i) && queues.lanes[*i].takes(waiter.profile)
+    })
+}
+
 impl Ticket {
     /// Waits for a backend; returns the grant and the time waited.
     pub async fn granted(mut self) -> Result<(Grant, Duration), Refused> {
@@ -722,9 +725,7 @@ impl Ticket {
         self.settled = true;
         match answer {
             Ok(result) => result.map(|grant| (grant, waited.elapsed())),
-            Err(_) => Err(Refused::NoBackend {
-                profile: "(any)".to_owned(),
-            }),
+            Err(_) => Err(self.scheduler.no_backend(None)),
         }
     }
 }
