@@ -13,7 +13,7 @@ use crate::checkpoint::{Catalog, Checkpoint};
 use crate::error::ApiError;
 use crate::memory::{self, GpuSetting, OutOfMemory, Placement, CPU_TOTAL_MIB, CUDA_CONTEXT_MIB};
 use crate::options::{Options, MEMORY_KEYS};
-use crate::python::{as_number, py_repr, py_type_name};
+use crate::python::{as_number, py_eq, py_repr, py_type_name};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// System RAM of the simulated machine.
@@ -45,8 +45,9 @@ impl ConfigChange {
     }
 }
 
-/// What a loaded model depends on: change any of it and the next generation
-/// loads again.
+/// Forge's `model_data.forge_loading_parameters`: what the next generation
+/// loads. When it differs from what is loaded, the model is read from its
+/// file again (`sd_models.forge_model_reload`).
 #[derive(Clone, Debug, PartialEq)]
 struct LoadKey {
     checkpoint: String,
@@ -59,14 +60,42 @@ struct LoadedModel {
     key: LoadKey,
     weights_mib: u64,
     placement: Placement,
+    /// Its weights were moved off the card (`unload-checkpoint`) and go back at
+    /// the next generation.
+    offloaded: bool,
+}
+
+/// How a generation got its model onto the card.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Already there, as placed.
+    None,
+    /// Moved back from RAM: after a memory refresh (`need_global_unload`:
+    /// `memory_management.unload_all_models()` in
+    /// `processing.manage_model_and_prompt_cache`) or `unload-checkpoint`.
+    /// The file is not read again.
+    FromRam,
+    /// Read from the checkpoint file: the first generation, or the loading
+    /// parameters changed (`sd_models.forge_model_reload`).
+    FromDisk,
+}
+
+impl Load {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Load::None => "none",
+            Load::FromRam => "ram",
+            Load::FromDisk => "disk",
+        }
+    }
 }
 
 /// The model a generation runs with, and the memory settings in effect.
 #[derive(Clone, Debug)]
 pub struct LoadReport {
     pub checkpoint: Checkpoint,
-    /// The generation had to (re)load the model first.
-    pub reloaded: bool,
+    /// How the model got onto the card for this generation.
+    pub load: Load,
     /// `forge_inference_memory` in effect (MiB).
     pub inference_mib: f64,
     /// The "GPU Weights" slider: total - inference (MiB).
@@ -86,6 +115,8 @@ pub struct Backend {
     inference_mib: f64,
     /// `processing.need_global_unload`.
     need_global_unload: bool,
+    /// What the next generation loads.
+    loading: LoadKey,
     loaded: Option<LoadedModel>,
     /// Memory the running sampling pass holds (MiB).
     compute_mib: f64,
@@ -104,6 +135,7 @@ impl Backend {
         Backend {
             vram_mib,
             inference_mib: options.number("forge_inference_memory").unwrap_or(1024.0),
+            loading: loading_parameters(&options, &catalog),
             catalog,
             options,
             need_global_unload: false,
@@ -118,26 +150,21 @@ impl Backend {
         &self.options
     }
 
-    /// Forge's `set_config`. Returns what changed, and the error to answer
-    /// with if the call failed (a `KeyError` can fail it midway, after some
-    /// keys were applied, as in Forge).
+    /// Forge's `set_config` (`modules/sysinfo.py`). Returns what changed, and
+    /// the error to answer with if the call failed.
+    ///
+    /// Keys are taken in the order sent, each skipped when it equals the
+    /// stored value (`if v == shared.opts.data.get(k): continue`), so a
+    /// failure midway (an unknown checkpoint, an unknown key) leaves the keys
+    /// before it applied. Memory keys are collected and applied together after
+    /// the loop, by `refresh_memory_management_settings`: only when one of them
+    /// changed, and not at all when the call failed first.
     pub fn set_config(
         &mut self,
         request: &Map<String, Value>,
         unknown_checkpoint: UnknownCheckpoint,
     ) -> (ConfigChange, Option<ApiError>) {
         let mut change = ConfigChange::default();
-        let mut checkpoint = None;
-        if let Some(name) = request.get("sd_model_checkpoint").filter(|v| !v.is_null()) {
-            match name.as_str().and_then(|alias| self.catalog.resolve(alias)) {
-                Some(found) => checkpoint = Some(found.name.clone()),
-                None if unknown_checkpoint == UnknownCheckpoint::Reject => {
-                    let error = ApiError::runtime(format!("model {} not found", py_repr(name)));
-                    return (change, Some(error));
-                }
-                None => {}
-            }
-        }
         if let Some(value) = request.get("forge_inference_memory") {
             if as_number(value).is_none() {
                 let error = ApiError::Exception {
@@ -151,32 +178,89 @@ impl Backend {
             }
         }
 
-        let mut refresh = false;
+        let mut memory_changes = Map::new();
+        let mut refresh_loading = false;
         for (key, value) in request {
-            let value = match key.as_str() {
-                "sd_model_checkpoint" if value.is_null() => continue,
-                "sd_model_checkpoint" => match &checkpoint {
-                    Some(name) => json!(name),
-                    None => continue,
-                },
-                _ => value.clone(),
-            };
-            if !self.options.contains(key) {
-                let error = ApiError::Exception {
-                    error: "KeyError",
-                    message: py_repr(&json!(key)),
-                };
-                return (change, Some(error));
+            if self
+                .options
+                .get(key)
+                .is_some_and(|stored| py_eq(stored, value))
+            {
+                continue;
             }
-            if let Some(stored) = self.options.set(key, &value) {
-                change.changed.insert(key.clone(), stored);
+            match key.as_str() {
+                // `sd_model_checkpoint = None` falls through Forge's alias check and changes
+                // nothing a client can observe; the simulator skips it.
+                "sd_model_checkpoint" if value.is_null() => {}
+                "sd_model_checkpoint" => {
+                    let Some(new) = value.as_str().and_then(|alias| self.catalog.resolve(alias))
+                    else {
+                        if unknown_checkpoint == UnknownCheckpoint::Drop {
+                            continue;
+                        }
+                        let error =
+                            ApiError::runtime(format!("model {} not found", py_repr(value)));
+                        return (change, Some(error));
+                    };
+                    // `main_entry.checkpoint_change`: another alias of the selected model
+                    // changes nothing, not even the stored string; a new model is stored
+                    // as the alias was sent.
+                    let current = self
+                        .options
+                        .str("sd_model_checkpoint")
+                        .and_then(|alias| self.catalog.resolve(alias));
+                    if current.map(|c| &c.name) != Some(&new.name) {
+                        self.options.set_internal(key, value.clone());
+                        change.changed.insert(key.clone(), value.clone());
+                        refresh_loading = true;
+                    }
+                }
+                "forge_additional_modules" => {
+                    if let Some(stored) = self.options.set(key, value) {
+                        change.changed.insert(key.clone(), stored);
+                        refresh_loading = true;
+                    }
+                }
+                key if MEMORY_KEYS.contains(&key) => {
+                    memory_changes.insert(key.to_owned(), value.clone());
+                }
+                _ if !self.options.contains(key) => {
+                    let error = ApiError::Exception {
+                        error: "KeyError",
+                        message: py_repr(&json!(key)),
+                    };
+                    return (change, Some(error));
+                }
+                _ => {
+                    if let Some(stored) = self.options.set(key, value) {
+                        change.changed.insert(key.clone(), stored);
+                    }
+                }
             }
-            refresh |= MEMORY_KEYS.contains(&key.as_str());
         }
-        if refresh {
+        if !memory_changes.is_empty() {
+            for (key, value) in &memory_changes {
+                if let Some(stored) = self.options.set(key, value) {
+                    change.changed.insert(key.clone(), stored);
+                }
+            }
             change.gpu_setting = Some(self.refresh_memory_management_settings());
+            refresh_loading = true;
+        }
+        if refresh_loading {
+            self.refresh_model_loading_parameters();
         }
         (change, None)
+    }
+
+    /// Forge's `refresh_model_loading_parameters`: the checkpoint, modules and
+    /// UNet dtype the next generation loads, taken from the options *now*.
+    /// A dtype posted on its own is stored but not taken until something
+    /// else runs this (the option has no `onchange` in
+    /// `modules_forge/shared_options.py`). Also sets `need_global_unload`.
+    fn refresh_model_loading_parameters(&mut self) {
+        self.loading = loading_parameters(&self.options, &self.catalog);
+        self.need_global_unload = true;
     }
 
     /// Forge's `refresh_memory_management_settings`: takes the stored memory
@@ -215,45 +299,44 @@ impl Backend {
         forge_total(self.vram_mib) as f64
     }
 
-    /// Loads the selected model for a generation, unless the loaded one is
-    /// still right (same checkpoint, modules and dtype, and no memory refresh
-    /// since).
+    /// Puts the model the loading parameters name on the card for a
+    /// generation: from its file when those parameters changed since it was
+    /// loaded, from RAM after a memory refresh or an unload, else not at all.
     pub fn load_for_generation(&mut self) -> Result<LoadReport, ApiError> {
-        let selected = self.options.str("sd_model_checkpoint").unwrap_or_default();
-        let checkpoint = self.catalog.resolve(selected).cloned().ok_or_else(|| {
-            ApiError::Exception {
+        let checkpoint = self
+            .catalog
+            .resolve(&self.loading.checkpoint)
+            .cloned()
+            .ok_or_else(|| ApiError::Exception {
                 error: "FileNotFoundError",
                 message: "No checkpoints found. When searching for checkpoints, looked at:\n - file /forge/models/Stable-diffusion".into(),
+            })?;
+        let load = match &self.loaded {
+            Some(loaded) if loaded.key == self.loading => {
+                if self.need_global_unload || loaded.offloaded {
+                    Load::FromRam
+                } else {
+                    Load::None
+                }
             }
-        })?;
-        let key = LoadKey {
-            checkpoint: checkpoint.name.clone(),
-            additional_modules: self
-                .options
-                .get("forge_additional_modules")
-                .cloned()
-                .unwrap_or(Value::Null),
-            unet_storage_dtype: self
-                .options
-                .get("forge_unet_storage_dtype")
-                .cloned()
-                .unwrap_or(Value::Null),
+            _ => Load::FromDisk,
         };
-        let reloaded =
-            self.need_global_unload || self.loaded.as_ref().is_none_or(|loaded| loaded.key != key);
-        if reloaded {
+        if load != Load::None {
             let placement =
                 memory::place(self.vram_mib, self.inference_mib, checkpoint.weights_mib);
             self.loaded = Some(LoadedModel {
-                key,
+                key: self.loading.clone(),
                 weights_mib: checkpoint.weights_mib,
                 placement,
+                offloaded: false,
             });
-            self.need_global_unload = false;
-            self.options
-                .set_internal("sd_checkpoint_hash", json!(checkpoint.sha256));
+            if load == Load::FromDisk {
+                self.options
+                    .set_internal("sd_checkpoint_hash", json!(checkpoint.sha256));
+            }
             self.note_peak();
         }
+        self.need_global_unload = false;
         let placement = self
             .loaded
             .as_ref()
@@ -264,7 +347,7 @@ impl Backend {
         let total = self.total_mib();
         Ok(LoadReport {
             checkpoint,
-            reloaded,
+            load,
             inference_mib: self.inference_mib,
             gpu_weights_setting_mib: total - self.inference_mib,
             low_vram: memory::is_low_vram(total, self.inference_mib),
@@ -289,14 +372,19 @@ impl Backend {
         self.compute_mib = 0.0;
     }
 
-    /// `/sdapi/v1/unload-checkpoint`.
+    /// `/sdapi/v1/unload-checkpoint` (`sd_models.unload_model_weights`):
+    /// `unload_all_models()` moves the weights off the card; the model stays
+    /// loaded in RAM and goes back at the next generation.
     pub fn unload(&mut self) {
-        self.loaded = None;
+        if let Some(loaded) = &mut self.loaded {
+            loaded.offloaded = true;
+        }
     }
 
     fn allocated_mib(&self) -> f64 {
         self.loaded
             .as_ref()
+            .filter(|loaded| !loaded.offloaded)
             .map_or(0.0, |loaded| loaded.placement.gpu_weights_mib)
             + self.compute_mib
     }
@@ -309,7 +397,12 @@ impl Backend {
     /// byte counts, like Forge's `psutil` / `torch.cuda` readings.
     pub fn memory_json(&self) -> Value {
         let cpu_weights = self.loaded.as_ref().map_or(0.0, |loaded| {
-            loaded.weights_mib as f64 - loaded.placement.gpu_weights_mib
+            let on_gpu = if loaded.offloaded {
+                0.0
+            } else {
+                loaded.placement.gpu_weights_mib
+            };
+            loaded.weights_mib as f64 - on_gpu
         });
         let ram_total = RAM_TOTAL_MIB * MIB;
         let ram_used = ((RAM_BASE_MIB + cpu_weights) * MIB).round();
@@ -334,6 +427,31 @@ impl Backend {
                 "events": { "retries": 0, "oom": self.oom_events },
             }
         })
+    }
+}
+
+/// The loading parameters the options name now: the checkpoint as its file
+/// name, whichever alias the option holds (an unknown one is kept as is and
+/// fails at load).
+fn loading_parameters(options: &Options, catalog: &Catalog) -> LoadKey {
+    let alias = options.str("sd_model_checkpoint").unwrap_or_default();
+    LoadKey {
+        checkpoint: catalog
+            .resolve(alias)
+            .map_or(alias, |checkpoint| checkpoint.name.as_str())
+            .to_owned(),
+        additional_modules: options
+            .get("forge_additional_modules")
+            .cloned()
+            .unwrap_or(Value::Null),
+        // `forge_unet_storage_dtype_options`: the "(fp16 LoRA)" variants load the same
+        // weights and only change how LoRAs apply.
+        unet_storage_dtype: match options.get("forge_unet_storage_dtype") {
+            Some(Value::String(dtype)) => {
+                Value::String(dtype.trim_end_matches(" (fp16 LoRA)").to_owned())
+            }
+            other => other.cloned().unwrap_or(Value::Null),
+        },
     }
 }
 
@@ -397,42 +515,92 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_alias_is_stored_as_its_file_name() {
+    fn checkpoint_is_stored_as_the_alias_sent() {
         let mut b = backend(12288);
-        let title = b
-            .catalog
-            .resolve("flux1-dev-Q4_0.gguf")
-            .unwrap()
-            .title
-            .clone();
+        let flux = b.catalog.resolve("flux1-dev-Q4_0.gguf").unwrap().clone();
         let (change, _) = b.set_config(
-            &request(json!({"sd_model_checkpoint": title})),
+            &request(json!({"sd_model_checkpoint": flux.short_hash})),
             UnknownCheckpoint::Reject,
         );
         assert_eq!(
             change.changed["sd_model_checkpoint"],
-            json!("flux1-dev-Q4_0.gguf")
+            json!(flux.short_hash)
         );
-        // The file name is the same checkpoint: skipped.
+        // Another alias of the same model changes nothing, not even the string.
         let (again, _) = b.set_config(
             &request(json!({"sd_model_checkpoint": "flux1-dev-Q4_0.gguf"})),
             UnknownCheckpoint::Reject,
         );
         assert!(again.is_empty());
+        assert_eq!(
+            b.options().str("sd_model_checkpoint"),
+            Some(flux.short_hash.as_str())
+        );
+        assert_eq!(b.load_for_generation().unwrap().checkpoint.name, flux.name);
     }
 
     #[test]
-    fn unchanged_memory_key_still_refreshes_and_forces_reload() {
+    fn unchanged_memory_key_is_skipped_without_a_refresh() {
         let mut b = backend(12288);
         b.load_for_generation().unwrap();
         let (change, _) = b.set_config(
             &request(json!({"forge_inference_memory": 1024})),
             UnknownCheckpoint::Reject,
         );
-        assert!(change.changed.is_empty());
+        assert!(change.is_empty());
+        assert_eq!(b.load_for_generation().unwrap().load, Load::None);
+    }
+
+    #[test]
+    fn memory_change_moves_weights_back_from_ram_and_a_checkpoint_change_reads_the_file() {
+        let mut b = backend(12288);
+        assert_eq!(b.load_for_generation().unwrap().load, Load::FromDisk);
+        let (change, _) = b.set_config(
+            &request(json!({"forge_inference_memory": 4096})),
+            UnknownCheckpoint::Reject,
+        );
         assert!(change.gpu_setting.is_some());
-        assert!(b.load_for_generation().unwrap().reloaded);
-        assert!(!b.load_for_generation().unwrap().reloaded);
+        assert_eq!(b.load_for_generation().unwrap().load, Load::FromRam);
+        assert_eq!(b.load_for_generation().unwrap().load, Load::None);
+        b.set_config(
+            &request(json!({"sd_model_checkpoint": "flux1-dev-Q4_0.gguf"})),
+            UnknownCheckpoint::Reject,
+        );
+        assert_eq!(b.load_for_generation().unwrap().load, Load::FromDisk);
+        b.unload();
+        assert_eq!(b.load_for_generation().unwrap().load, Load::FromRam);
+    }
+
+    #[test]
+    fn keys_apply_in_order_until_one_fails_and_memory_is_then_left_alone() {
+        let mut b = backend(12288);
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"jpeg_quality": 62, "forge_inference_memory": 4096, "aaa_unknown": 1}"#,
+        )
+        .unwrap();
+        let (change, error) = b.set_config(&body, UnknownCheckpoint::Reject);
+        assert!(matches!(
+            error,
+            Some(ApiError::Exception {
+                error: "KeyError",
+                ..
+            })
+        ));
+        assert_eq!(change.changed, request(json!({"jpeg_quality": 62})));
+        assert!(change.gpu_setting.is_none());
+        assert_eq!(b.options().number("forge_inference_memory"), Some(1024.0));
+
+        let body: Map<String, Value> =
+            serde_json::from_str(r#"{"jpeg_quality": 70, "sd_model_checkpoint": "nope"}"#).unwrap();
+        let (change, error) = b.set_config(&body, UnknownCheckpoint::Reject);
+        assert!(matches!(
+            error,
+            Some(ApiError::Exception {
+                error: "RuntimeError",
+                ..
+            })
+        ));
+        assert_eq!(change.changed, request(json!({"jpeg_quality": 70})));
     }
 
     #[test]
@@ -465,23 +633,45 @@ mod tests {
     }
 
     #[test]
-    fn module_or_dtype_change_reloads_but_changing_back_does_not() {
+    fn module_change_reloads_but_changing_back_does_not() {
         let mut b = backend(12288);
-        assert!(b.load_for_generation().unwrap().reloaded, "first load");
-        b.set_config(
-            &request(json!({"forge_unet_storage_dtype": "bnb-nf4"})),
-            UnknownCheckpoint::Reject,
+        assert_eq!(
+            b.load_for_generation().unwrap().load,
+            Load::FromDisk,
+            "first load"
         );
-        assert!(b.load_for_generation().unwrap().reloaded);
         b.set_config(
             &request(json!({"forge_additional_modules": ["ae.safetensors"]})),
             UnknownCheckpoint::Reject,
         );
+        assert_eq!(b.load_for_generation().unwrap().load, Load::FromDisk);
         b.set_config(
             &request(json!({"forge_additional_modules": []})),
             UnknownCheckpoint::Reject,
         );
-        assert!(!b.load_for_generation().unwrap().reloaded);
+        b.set_config(
+            &request(json!({"forge_additional_modules": ["ae.safetensors"]})),
+            UnknownCheckpoint::Reject,
+        );
+        // Unchanged parameters, but each change set `need_global_unload`.
+        assert_eq!(b.load_for_generation().unwrap().load, Load::FromRam);
+    }
+
+    #[test]
+    fn dtype_alone_is_stored_and_taken_at_the_next_loading_refresh() {
+        let mut b = backend(12288);
+        b.load_for_generation().unwrap();
+        b.set_config(
+            &request(json!({"forge_unet_storage_dtype": "bnb-nf4"})),
+            UnknownCheckpoint::Reject,
+        );
+        assert_eq!(b.options().str("forge_unet_storage_dtype"), Some("bnb-nf4"));
+        assert_eq!(b.load_for_generation().unwrap().load, Load::None);
+        b.set_config(
+            &request(json!({"forge_inference_memory": 2048})),
+            UnknownCheckpoint::Reject,
+        );
+        assert_eq!(b.load_for_generation().unwrap().load, Load::FromDisk);
     }
 
     #[test]

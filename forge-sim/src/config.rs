@@ -48,6 +48,17 @@ pub struct SimConfig {
     #[arg(long, default_value_t = DEFAULT_IMAGE_BYTES)]
     pub image_bytes: usize,
 
+    /// Simulated ms per MiB of weights read from a checkpoint file (a first load, or a
+    /// change of checkpoint, modules or dtype): 2.0 is about 500 MiB/s from disk.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_cost)]
+    pub disk_load_ms_per_mib: f64,
+
+    /// Simulated ms per MiB of weights moved back to the card from RAM after a memory
+    /// change or `unload-checkpoint` (Forge does not read the file again): 0.25 is about
+    /// 4 GiB/s, a PCIe copy of unpinned memory.
+    #[arg(long, default_value_t = 0.25, value_parser = parse_cost)]
+    pub ram_load_ms_per_mib: f64,
+
     /// `user:pass[,user2:pass2...]`: require HTTP Basic auth on /sdapi routes,
     /// like Forge's `--api-auth`.
     #[arg(long, value_parser = parse_api_auth)]
@@ -90,6 +101,10 @@ fn parse_time_scale(text: &str) -> Result<f64, String> {
     } else {
         Err("must be a finite number >= 0".into())
     }
+}
+
+fn parse_cost(text: &str) -> Result<f64, String> {
+    parse_time_scale(text)
 }
 
 fn parse_api_auth(text: &str) -> Result<String, String> {

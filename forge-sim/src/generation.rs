@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::backend::{LoadReport, UnknownCheckpoint};
+use crate::backend::{Load, LoadReport, UnknownCheckpoint};
 use crate::error::ApiError;
 use crate::init_images;
 use crate::journal::Source;
@@ -170,17 +170,27 @@ async fn sample(
     let load = state.backend().load_for_generation()?;
     let started_ms = state.now_ms();
     let mut clock = Clock::start(state.config().time_scale);
-    if load.reloaded {
-        tracing::info!(
-            "Loading model {} ({} MiB, {:.0} MiB on the GPU)",
-            load.checkpoint.name,
+    match load.load {
+        Load::None => {}
+        // Forge's own lines (`processing.manage_model_and_prompt_cache`,
+        // `sd_models.forge_model_reload`), so a log reader sees the same.
+        Load::FromRam => tracing::info!(
+            "[Unload] Trying to free all memory for cuda:0 with 0 models keep loaded ... Done."
+        ),
+        Load::FromDisk => tracing::info!(
+            "Loading Model: {{'checkpoint_info': {{'filename': '{}'}}}} ({} MiB, {:.0} MiB on the GPU)",
+            load.checkpoint.filename,
             load.checkpoint.weights_mib,
             load.placement.gpu_weights_mib
-        );
-        clock
-            .advance(timing::reload_ms(load.checkpoint.weights_mib))
-            .await;
+        ),
     }
+    clock
+        .advance(timing::load_ms(
+            load.load,
+            load.checkpoint.weights_mib,
+            state.config(),
+        ))
+        .await;
     let preview_every = {
         let backend = state.backend();
         let options = backend.options();
@@ -257,7 +267,8 @@ async fn sample(
             "gpu_weights_loaded_mib",
             json!(load.placement.gpu_weights_mib),
         ),
-        ("reloaded", json!(load.reloaded)),
+        ("reloaded", json!(load.load != Load::None)),
+        ("load", json!(load.load.as_str())),
         ("duration_ms", json!(clock.simulated_ms())),
         ("wall_ms", json!(clock.wall_ms())),
         ("started_ms", json!(started_ms)),

@@ -5,10 +5,26 @@ use std::time::{Duration, Instant};
 
 use crate::request::{GenerationRequest, Route};
 
-/// Loading weights: a fixed cost plus a cost per MiB (about 500 MiB/s from
-/// disk to the card).
-pub fn reload_ms(weights_mib: u64) -> f64 {
-    1000.0 + 2.0 * weights_mib as f64
+use crate::backend::Load;
+use crate::config::SimConfig;
+
+/// Fixed cost of reading a checkpoint file (building the model, opening the file).
+pub const DISK_LOAD_BASE_MS: f64 = 1000.0;
+/// Fixed cost of moving the models off the card and back (`unload_all_models`, then
+/// `load_models_gpu`).
+pub const RAM_LOAD_BASE_MS: f64 = 250.0;
+
+/// Simulated time the generation spends getting its model onto the card: a checkpoint read
+/// from its file costs `DISK_LOAD_BASE_MS` plus `--disk-load-ms-per-mib` per MiB; weights
+/// moved back from RAM (after a memory refresh or an unload) cost `RAM_LOAD_BASE_MS` plus
+/// `--ram-load-ms-per-mib` per MiB, the file is not read again.
+pub fn load_ms(load: Load, weights_mib: u64, config: &SimConfig) -> f64 {
+    let mib = weights_mib as f64;
+    match load {
+        Load::None => 0.0,
+        Load::FromRam => RAM_LOAD_BASE_MS + config.ram_load_ms_per_mib * mib,
+        Load::FromDisk => DISK_LOAD_BASE_MS + config.disk_load_ms_per_mib * mib,
+    }
 }
 
 /// One sampling pass of a generation iteration.
@@ -139,9 +155,18 @@ mod tests {
     }
 
     #[test]
-    fn reload_costs_a_second_plus_two_ms_per_mib() {
-        assert_eq!(reload_ms(2000), 5000.0);
-        assert_eq!(reload_ms(11500), 24000.0);
+    fn a_file_load_costs_a_second_plus_two_ms_per_mib() {
+        let config = SimConfig::default();
+        assert_eq!(load_ms(Load::FromDisk, 2000, &config), 5000.0);
+        assert_eq!(load_ms(Load::FromDisk, 11500, &config), 24000.0);
+    }
+
+    #[test]
+    fn weights_back_from_ram_cost_far_less_than_a_file_load() {
+        let config = SimConfig::default();
+        assert_eq!(load_ms(Load::FromRam, 2000, &config), 750.0);
+        assert_eq!(load_ms(Load::FromRam, 11500, &config), 3125.0);
+        assert_eq!(load_ms(Load::None, 11500, &config), 0.0);
     }
 
     #[test]

@@ -27,21 +27,22 @@ pub fn from_journal(entries: &[Value]) -> Vec<Event> {
 
 /// The events in Forge's log text. Forge prints `[Unload] Trying to free all memory` both when
 /// `need_global_unload` moves the models off the card (`processing.manage_model_and_prompt_cache`)
-/// and when a checkpoint load drops the old model first (`sd_models.forge_model_reload`): an
-/// unload that a `Loading Model:` line follows belongs to the load.
+/// and when a checkpoint load drops the old model (`sd_models.forge_model_reload`, which prints
+/// `Loading Model:` first): an unload on the line right after `Loading Model:` belongs to the load.
 pub fn from_log(text: &str) -> Vec<Event> {
     let mut events: Vec<Event> = Vec::new();
+    let mut after_load = false;
     for line in text.lines() {
+        let mut is_load = false;
         if line.contains("[GPU Setting]") || line.contains("[Low VRAM Warning] You just set") {
             events.push(refresh(line));
         } else if line.contains("Loading Model:") {
-            if events.last() == Some(&Event::UnloadAll) {
-                events.pop();
-            }
             events.push(Event::LoadFromDisk);
-        } else if line.contains("[Unload] Trying to free all memory") {
+            is_load = true;
+        } else if line.contains("[Unload] Trying to free all memory") && !after_load {
             events.push(Event::UnloadAll);
         }
+        after_load = is_load;
     }
     events
 }

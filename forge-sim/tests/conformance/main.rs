@@ -147,7 +147,12 @@ impl Target {
         });
         Target {
             base: url.trim_end_matches('/').to_owned(),
-            client: reqwest::Client::new(),
+            // A fresh connection per request: after an answer made from an exception (a 500),
+            // uvicorn resets the connection, and a request sent on it meanwhile fails.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
             sim: None,
             log,
             seen_seq: 0,

@@ -59,7 +59,7 @@ async fn unknown_checkpoint_is_500_and_nothing_is_applied() {
 }
 
 #[tokio::test]
-async fn checkpoint_title_is_stored_as_file_name_and_reloads() {
+async fn checkpoint_title_is_stored_as_sent_and_reloads() {
     let server = sim(fast()).await;
     let (_, models) = get(&server, "/sdapi/v1/sd-models").await;
     let sdxl = models
@@ -82,8 +82,9 @@ async fn checkpoint_title_is_stored_as_file_name_and_reloads() {
         json!({"sd_model_checkpoint": sdxl["title"]}),
     )
     .await;
+    // Stored as sent, as Forge's `checkpoint_change` does.
     let (_, options) = get(&server, "/sdapi/v1/options").await;
-    assert_eq!(options["sd_model_checkpoint"], "sd_xl_base_1.0.safetensors");
+    assert_eq!(options["sd_model_checkpoint"], sdxl["title"]);
     assert_eq!(options["sd_checkpoint_hash"].as_str().unwrap().len(), 64);
 
     post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
@@ -165,7 +166,7 @@ async fn low_vram_threshold_is_five_percent_of_a_small_card() {
 }
 
 #[tokio::test]
-async fn memory_change_reloads_and_so_does_posting_the_same_value_again() {
+async fn memory_change_reloads_but_posting_the_same_value_again_does_not() {
     let server = sim(fast()).await;
     post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
     post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
@@ -176,7 +177,7 @@ async fn memory_change_reloads_and_so_does_posting_the_same_value_again() {
     )
     .await;
     post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
-    // Same value: skipped as a change, but Forge still refreshes.
+    // Same value: skipped (`if v == shared.opts.data.get(k): continue`), no refresh.
     post(
         &server,
         "/sdapi/v1/options",
@@ -189,10 +190,15 @@ async fn memory_change_reloads_and_so_does_posting_the_same_value_again() {
         .iter()
         .map(|g| g["reloaded"].clone())
         .collect();
-    assert_eq!(reloads, [true, false, true, true]);
+    assert_eq!(reloads, [true, false, true, false]);
+    let loads: Vec<Value> = entries(&server, "generation")
+        .iter()
+        .map(|g| g["load"].clone())
+        .collect();
+    assert_eq!(loads, ["disk", "none", "ram", "none"]);
     let options = entries(&server, "options");
-    assert_eq!(options[1]["changed"], json!({}));
-    assert!(options[1]["gpu_setting"]
+    assert_eq!(options.len(), 1, "the second post is not journaled");
+    assert!(options[0]["gpu_setting"]
         .as_str()
         .unwrap()
         .starts_with("[GPU Setting]"));
@@ -202,9 +208,10 @@ async fn memory_change_reloads_and_so_does_posting_the_same_value_again() {
 }
 
 #[tokio::test]
-async fn unet_dtype_change_reloads() {
+async fn unet_dtype_alone_waits_for_the_next_loading_refresh() {
     let server = sim(fast()).await;
     post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
+    // The option has no `onchange`: stored, not taken.
     post(
         &server,
         "/sdapi/v1/options",
@@ -212,7 +219,16 @@ async fn unet_dtype_change_reloads() {
     )
     .await;
     post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
-    assert_eq!(entries(&server, "generation")[1]["reloaded"], true);
+    assert_eq!(entries(&server, "generation")[1]["load"], "none");
+    // Posted with a checkpoint (or memory) change, it is taken: the file is read again.
+    post(
+        &server,
+        "/sdapi/v1/options",
+        json!({"sd_model_checkpoint": "sd_xl_base_1.0.safetensors", "forge_unet_storage_dtype": "float8-e4m3fn"}),
+    )
+    .await;
+    post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
+    assert_eq!(entries(&server, "generation")[2]["load"], "disk");
 }
 
 #[tokio::test]
