@@ -30,6 +30,35 @@ pub struct View {
     pub last_reading: Option<VramReading>,
     /// Why the last reading failed, when it did.
     pub reading_error: Option<String>,
+    /// What the last health check learned of Forge's `--api-auth`.
+    pub credentials: Credentials,
+}
+
+/// Whether the backend wants credentials the proxy's own calls can give, as the health check
+/// (which carries the configured `auth`) last saw it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credentials {
+    #[default]
+    NotChecked,
+    /// The check passed: no `--api-auth`, or the configured `auth` was accepted.
+    Accepted,
+    /// Forge answered 401/403 and no `auth` is configured: clients' own credentials still pass
+    /// through, but the proxy's background calls cannot read it.
+    Needed,
+    /// Forge answered 401/403 to the configured `auth`: it is wrong.
+    Refused,
+}
+
+impl Credentials {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credentials::NotChecked => "not_checked",
+            Credentials::Accepted => "accepted",
+            Credentials::Needed => "needed",
+            Credentials::Refused => "refused",
+        }
+    }
 }
 
 impl BackendState {

@@ -1,7 +1,9 @@
 //! Backend health: active checks on a timer, and what requests observe on the way.
 //!
-//! Active: a `GET /sdapi/v1/progress` (cheap, and open even with `--api-auth`) every
-//! `health.interval`; an answer below 500 is healthy. Passive: a refused connection makes a
+//! Active: a `GET /sdapi/v1/progress` (cheap) every `health.interval`, with the backend's
+//! configured `auth` (Forge's `--api-auth` protects progress too); an answer below 500 is
+//! healthy. A 401/403 keeps the backend in rotation (clients' own credentials still pass) but
+//! is told apart: `/proxy/status` says the credentials are needed, or refused. Passive: a refused connection makes a
 //! backend unhealthy at once; a 502/503/504 from it counts like a failed check. An
 //! unhealthy backend gets no new work and its queue moves to the others; it comes back
 //! after `health.healthy_after` good checks.
@@ -9,6 +11,8 @@
 use http::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Credentials;
+use crate::forward::CallError;
 use crate::state::AppState;
 
 const CHECK_PATH: &str = "/sdapi/v1/progress";
@@ -37,16 +41,58 @@ pub fn spawn_checks(state: &AppState, stop: &CancellationToken) {
 }
 
 async fn check(state: &AppState, index: usize) -> (bool, String) {
-    let backend = &state.backends[index].config;
+    let backend = &state.backends[index];
+    let config = &backend.config;
     let timeout = Some(state.config.health.timeout);
-    match state
+    let answer = state
         .forwarder
-        .call(backend, Method::GET, CHECK_PATH, None, None, timeout)
-        .await
-    {
-        Ok((status, _)) if status.is_server_error() => (false, format!("check answered {status}")),
-        Ok((status, _)) => (true, format!("check answered {status}")),
-        Err(e) => (false, format!("check failed: {e}")),
+        .call(
+            config,
+            Method::GET,
+            CHECK_PATH,
+            None,
+            config.authorization.as_ref(),
+            timeout,
+        )
+        .await;
+    let (ok, note, credentials) = judge(
+        answer.map(|(status, _)| status),
+        config.authorization.is_some(),
+        index,
+    );
+    if let Some(credentials) = credentials {
+        backend.update_view(|view| view.credentials = credentials);
+    }
+    (ok, note)
+}
+
+/// What one check's answer says: healthy or not, the note for `/proxy/status`, and what it
+/// learned of the credentials (nothing when the backend could not answer).
+fn judge(
+    answer: Result<StatusCode, CallError>,
+    auth_configured: bool,
+    index: usize,
+) -> (bool, String, Option<Credentials>) {
+    match answer {
+        Ok(status) if status.is_server_error() => {
+            (false, format!("check answered {status}"), None)
+        }
+        Ok(status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)) if auth_configured => (
+            true,
+            format!("credentials refused: check answered {status}; backends[{index}].auth is not one of Forge's --api-auth pairs"),
+            Some(Credentials::Refused),
+        ),
+        Ok(status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)) => (
+            true,
+            format!("credentials needed: check answered {status}; set backends[{index}].auth to Forge's --api-auth user:pass"),
+            Some(Credentials::Needed),
+        ),
+        Ok(status) => (
+            true,
+            format!("check answered {status}"),
+            Some(Credentials::Accepted),
+        ),
+        Err(e) => (false, format!("check failed: {e}"), None),
     }
 }
 
@@ -67,4 +113,40 @@ pub fn observe_unreachable(state: &AppState, index: usize, reason: &str) {
     state
         .scheduler
         .report_health(index, false, format!("unreachable: {reason}"), true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthorized_without_auth_configured_says_credentials_needed() {
+        let (ok, note, credentials) = judge(Ok(StatusCode::UNAUTHORIZED), false, 1);
+        assert!(ok, "still in rotation: clients' own credentials pass");
+        assert_eq!(credentials, Some(Credentials::Needed));
+        assert_eq!(note, "credentials needed: check answered 401 Unauthorized; set backends[1].auth to Forge's --api-auth user:pass");
+    }
+
+    #[test]
+    fn unauthorized_with_auth_configured_says_credentials_refused() {
+        let (ok, note, credentials) = judge(Ok(StatusCode::UNAUTHORIZED), true, 0);
+        assert!(ok);
+        assert_eq!(credentials, Some(Credentials::Refused));
+        assert!(note.starts_with("credentials refused: check answered 401 Unauthorized"));
+    }
+
+    #[test]
+    fn a_good_answer_accepts_and_a_server_error_is_unhealthy() {
+        assert_eq!(
+            judge(Ok(StatusCode::OK), true, 0),
+            (
+                true,
+                "check answered 200 OK".to_owned(),
+                Some(Credentials::Accepted)
+            )
+        );
+        let (ok, _, credentials) = judge(Ok(StatusCode::INTERNAL_SERVER_ERROR), false, 0);
+        assert!(!ok);
+        assert_eq!(credentials, None);
+    }
 }

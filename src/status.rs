@@ -44,6 +44,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
                 "queue_length": lane.queue.len(),
                 "healthy": lane.healthy,
                 "health": lane.health,
+                "credentials": view.credentials.as_str(),
                 "loaded_profile": lane.loaded_profile,
                 "running": lane.running,
                 "queue": lane.queue,

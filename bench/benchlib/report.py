@@ -138,7 +138,9 @@ def decisions(r: dict) -> str:
         rows, placement = [], []
         for way, m in ways.items():
             rows.append([f"({way}) {r['ways'][way]}", f"{m['ok']:.0f} / {m['generations']:.0f}", f"{m['gpu_time_s']:.0f}",
-                         f"{m['makespan_s']:.0f}", f"{m['reloads']:.0f}", f"{m['slowdowns']:.0f}",
+                         f"{m['makespan_s']:.0f}",
+                         f"{m['reloads']:.0f} ({_f(m.get('file_loads'), '{:.0f}')} / {_f(m.get('ram_moves'), '{:.0f}')})",
+                         f"{m['slowdowns']:.0f}",
                          f"{m['oom']:.0f} / {m['client_failures']:.0f}", f"{m['wrong_settings']:.0f}",
                          f"{m['queue_wait_p50_s']:.0f} / {m['queue_wait_p99_s']:.0f}",
                          f"{_f(m.get('answer_delivery_wall_ms_p50'), '{:.1f}')} / {_f(m.get('answer_delivery_wall_ms_p99'), '{:.1f}')}"])
@@ -147,7 +149,7 @@ def decisions(r: dict) -> str:
                                             for card, fams in b.items()) for b in m["per_backend_generations"])
                 placement.append(f"({way}) {cards}")
         text += (f"**{setup}** ({', '.join(r['setups'][setup])}):\n\n"
-                 + _table(["way", "ok / generations", "GPU time s", "makespan s", "reloads", "slowdowns (swap)",
+                 + _table(["way", "ok / generations", "GPU time s", "makespan s", "reloads (file / RAM)", "slowdowns (swap)",
                            "OOM / failed requests", "wrong settings", "queue wait p50 / p99 s",
                            "answer delivery p50 / p99 ms (wall)"], rows) + "\n")
         runs = r["runs"][setup]

@@ -19,7 +19,10 @@ divided by the time scale. Definitions:
                  more from what the proxy's policy requires for its family, card and size
                  (asked of the proxy: POST /proxy/plan/txt2img on a 12 and a 24 GiB forge-sim)
   makespan       first request sent to last answer received
-  reloads        generations with reloaded = true; slowdowns: slowdown > 1 (weights swapped)
+  reloads        generations with reloaded = true, of which file loads (load = "disk": the
+                 checkpoint read again) and RAM moves (load = "ram": every model moved off the
+                 card and back after a memory change, as Forge's need_global_unload does);
+                 slowdowns: slowdown > 1 (weights swapped)
   failures       OOM outcomes in the journal; client failures: any answer but 200.
 The proxy's own time constants are wall-clock and do not scale with --time-scale: its
 scheduler's initial estimates (a generation 10 s, a reload 20 s, until learned) and max_wait
@@ -202,7 +205,7 @@ def drive(way: str, sims, proxy, requests: list[dict], tag: str, clients: int) -
 
 
 def compact(entry: dict) -> dict:
-    keys = ("task_id", "family", "checkpoint", "forge_inference_memory", "gpu_weights_loaded_mib", "reloaded",
+    keys = ("task_id", "family", "checkpoint", "forge_inference_memory", "gpu_weights_loaded_mib", "reloaded", "load",
             "duration_ms", "outcome", "low_vram", "slowdown", "started_ms", "ended_ms", "width", "height",
             "batch_size", "enable_hr", "steps")
     return {k: entry.get(k) for k in keys}
@@ -230,6 +233,8 @@ def measure(records, journals, offsets, cards, required, scale: float, tag: str)
         "gpu_time_s": sum(e["duration_ms"] for _, e, _, _ in gens) / 1000,
         "makespan_s": (last - first) / scale,
         "reloads": sum(1 for _, e, _, _ in gens if e.get("reloaded")),
+        "file_loads": sum(1 for _, e, _, _ in gens if e.get("load") == "disk"),
+        "ram_moves": sum(1 for _, e, _, _ in gens if e.get("load") == "ram"),
         "slowdowns": sum(1 for _, e, _, _ in gens if (e.get("slowdown") or 1) > 1.0001),
         "low_vram": sum(1 for _, e, _, _ in gens if e.get("low_vram")),
         "oom": sum(1 for _, e, _, _ in gens if e.get("outcome") == "oom"),

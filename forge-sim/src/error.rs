@@ -81,11 +81,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::Exception { error, message } => {
                 let body = json!({ "error": error, "detail": "", "body": "", "message": message });
-                (
+                let mut response = (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     Json(Ordered(&body, &["error", "detail", "body", "message"])),
                 )
-                    .into_response()
+                    .into_response();
+                response.extensions_mut().insert(CloseConnection);
+                response
             }
             ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
@@ -95,6 +97,13 @@ impl IntoResponse for ApiError {
         }
     }
 }
+
+/// Marks an answer after which the connection closes. Forge answers an exception through
+/// Starlette's `ServerErrorMiddleware`, which sends the handler's 500 and then raises the
+/// exception again; uvicorn then drops the connection (no `connection: close` header), so a
+/// client that reuses it sees it reset.
+#[derive(Clone, Copy, Debug)]
+pub struct CloseConnection;
 
 /// FastAPI's 422 body.
 #[derive(Serialize)]

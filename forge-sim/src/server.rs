@@ -4,18 +4,26 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::Response;
+
+use axum::http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::app::app;
 use crate::config::SimConfig;
+use crate::error::CloseConnection;
 use crate::state::SimState;
 
 /// How long `run` lets in-flight requests finish after shutdown is asked,
@@ -117,7 +125,20 @@ async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY on a connection from {peer}: {error}");
         }
-        let service = TowerToHyperService::new(router.clone());
+        // An answer made from an exception ends its connection, as uvicorn's does.
+        let failed = Arc::new(Notify::new());
+        let service = TowerToHyperService::new(ServiceExt::<Request<Incoming>>::map_response(
+            router.clone(),
+            {
+                let failed = failed.clone();
+                move |response: Response| {
+                    if response.extensions().get::<CloseConnection>().is_some() {
+                        failed.notify_one();
+                    }
+                    response
+                }
+            },
+        ));
         let closing = closing.clone();
         connections.spawn(async move {
             let connection = http1::Builder::new()
@@ -130,6 +151,12 @@ async fn serve(
                     if let Err(error) = result {
                         tracing::debug!("connection from {peer}: {error}");
                     }
+                    return;
+                }
+                () = failed.notified() => {
+                    // The answer is written out, then the connection closes.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
                     return;
                 }
                 () = closing.cancelled() => {}

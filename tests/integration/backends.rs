@@ -123,7 +123,11 @@ async fn three_backend_run(scheduler: &str) -> Run {
                 ran.insert(g["task_id"].as_str().unwrap().to_owned()),
                 "ran twice: {g}"
             );
-            reloads += usize::from(g["reloaded"] == true);
+            // A model read from its file again: what routing to a backend that has the
+            // profile avoids. (Weights moved back from RAM also follow every generation
+            // whose override_settings switched the checkpoint and restored it, as in Forge,
+            // whatever the routing.)
+            reloads += usize::from(g["load"] == "disk");
         }
     }
     assert_eq!(ran, expected, "every request ran exactly once");
@@ -432,4 +436,49 @@ async fn configured_backend_credentials_serve_the_proxys_own_calls() {
             sim.url()
         )
     );
+}
+
+/// Polls `/proxy/status` until the first backend's health note is no longer "not checked yet".
+async fn checked_backend(proxy: &Proxy) -> Value {
+    for _ in 0..100 {
+        let status = crate::support::get_json(proxy.url("/proxy/status")).await;
+        let backend = status["backends"][0].clone();
+        if backend["credentials"] != "not_checked" {
+            return backend;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the health check never ran");
+}
+
+#[tokio::test]
+async fn status_says_when_forge_needs_credentials_the_proxy_lacks() {
+    // Forge's --api-auth protects /progress, the health check's route, too.
+    let sim = sim_with(|c| c.api_auth = Some("forge:s3cret".into())).await;
+    let health = "[health]\ninterval = \"50ms\"\n";
+
+    let without = Proxy::start_toml(&format!("{}{health}", backend_toml(&sim.url(), ""))).await;
+    let backend = checked_backend(&without).await;
+    assert_eq!(backend["credentials"], "needed");
+    assert_eq!(
+        backend["health"],
+        "credentials needed: check answered 401 Unauthorized; set backends[0].auth to Forge's --api-auth user:pass"
+    );
+
+    let wrong = Proxy::start_toml(&format!(
+        "{}{health}",
+        backend_toml(&sim.url(), "auth = \"forge:guess\"")
+    ))
+    .await;
+    assert_eq!(checked_backend(&wrong).await["credentials"], "refused");
+
+    let right = Proxy::start_toml(&format!(
+        "{}{health}",
+        backend_toml(&sim.url(), "auth = \"forge:s3cret\"")
+    ))
+    .await;
+    let backend = checked_backend(&right).await;
+    assert_eq!(backend["credentials"], "accepted");
+    assert_eq!(backend["healthy"], true);
+    assert_eq!(backend["health"], "check answered 200 OK");
 }

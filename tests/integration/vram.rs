@@ -314,7 +314,11 @@ async fn open_webui_style_whole_dict_post_gets_the_new_profiles_memory() {
     let after = &journal[before..];
     let changes: Vec<&Value> = after.iter().filter(|e| e["kind"] == "options").collect();
     assert_eq!(changes.len(), 1, "{after:?}");
-    assert_eq!(changes[0]["changed"]["sd_model_checkpoint"], FLUX);
+    // Forge stores the checkpoint as the alias posted (here the title).
+    assert_eq!(
+        changes[0]["changed"]["sd_model_checkpoint"],
+        json!(flux_title)
+    );
     assert_eq!(changes[0]["changed"]["forge_inference_memory"], 4096.0);
     let ran = last_generation(&sim);
     assert_eq!(
@@ -513,4 +517,38 @@ async fn pass_through_is_never_held_by_a_running_generation() {
     assert!(!generation.is_finished(), "polled while the generation ran");
     let response = generation.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_reposting_the_current_memory_value_costs_no_reload() {
+    let sim = sim_with(|_| {}).await;
+    let gpu = FakeGpu::new(12288);
+    let proxy = gpu.proxy(&sim.url(), &[]);
+    let plain = json!({"prompt": "a lighthouse", "steps": 2}).to_string();
+    generate(&proxy, plain.clone()).await;
+    assert_eq!(last_generation(&sim)["forge_inference_memory"], 10240.0);
+    let before = sim.state().journal().len();
+
+    // What the article's recipe does before every request: post the value Forge has.
+    let posted = client()
+        .post(proxy.url("/sdapi/v1/options"))
+        .json(&json!({"forge_inference_memory": 10240}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::OK);
+    generate(&proxy, plain).await;
+
+    let journal = sim.state().journal();
+    let after = &journal[before..];
+    assert!(
+        after.iter().all(|e| e["kind"] == "generation"),
+        "Forge skipped the unchanged value: {after:?}"
+    );
+    let ran = last_generation(&sim);
+    assert_eq!(
+        (ran["load"].as_str(), ran["reloaded"].as_bool()),
+        (Some("none"), Some(false)),
+        "{ran}"
+    );
 }

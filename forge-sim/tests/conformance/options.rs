@@ -244,3 +244,42 @@ async fn a_memory_change_before_a_failing_key_is_not_applied() {
         "not stored"
     );
 }
+
+#[tokio::test]
+async fn an_answer_from_an_exception_ends_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let target = Target::open().await;
+    let address = target.url("").trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let body = r#"{"sd_model_checkpoint": "nope"}"#;
+    let request = format!(
+        "POST /sdapi/v1/options HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // Read until the server ends the connection: the whole 500, then EOF (or a reset).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("Forge ends the connection after a 500 from an exception");
+    assert!(
+        read.is_ok() || answer.ends_with(b"not found\"}"),
+        "{read:?}"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 500"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "without saying so: {text}"
+    );
+    assert!(
+        text.ends_with(r#""message":"model 'nope' not found"}"#),
+        "{text}"
+    );
+}
