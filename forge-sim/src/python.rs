@@ -75,11 +75,39 @@ pub fn py_type_name(value: &Value) -> &'static str {
 /// and non-ASCII escaped. Forge's generation `info` string is made this way.
 pub fn py_json_dumps(value: &Value) -> String {
     let mut out = String::new();
-    dump(value, &mut out);
+    dump(value, &mut out, Style::Dumps);
     out
 }
 
-fn dump(value: &Value, out: &mut String) {
+/// The body of a Starlette `JSONResponse`, which is how FastAPI answers:
+/// `json.dumps(content, ensure_ascii=False, separators=(",", ":"))`, so no
+/// spaces, non-ASCII as UTF-8, and floats as Python writes them (`80.0`,
+/// `1e+20`).
+pub fn py_json_response(value: &Value) -> Vec<u8> {
+    let mut out = String::new();
+    write_json_response(value, &mut out);
+    out.into_bytes()
+}
+
+/// [`py_json_response`] appending to `out`.
+pub fn write_json_response(value: &Value, out: &mut String) {
+    dump(value, out, Style::Response);
+}
+
+/// The two ways Forge's Python writes JSON.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// `json.dumps(value)`.
+    Dumps,
+    /// Starlette's `JSONResponse.render`.
+    Response,
+}
+
+fn dump(value: &Value, out: &mut String, style: Style) {
+    let (comma, colon) = match style {
+        Style::Dumps => (", ", ": "),
+        Style::Response => (",", ":"),
+    };
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -87,14 +115,14 @@ fn dump(value: &Value, out: &mut String) {
             Some(f) if n.is_f64() => out.push_str(&py_float(f)),
             _ => out.push_str(&n.to_string()),
         },
-        Value::String(s) => dump_str(s, out),
+        Value::String(s) => dump_str(s, out, style),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(", ");
+                    out.push_str(comma);
                 }
-                dump(item, out);
+                dump(item, out, style);
             }
             out.push(']');
         }
@@ -102,18 +130,18 @@ fn dump(value: &Value, out: &mut String) {
             out.push('{');
             for (i, (key, item)) in map.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(", ");
+                    out.push_str(comma);
                 }
-                dump_str(key, out);
-                out.push_str(": ");
-                dump(item, out);
+                dump_str(key, out, style);
+                out.push_str(colon);
+                dump(item, out, style);
             }
             out.push('}');
         }
     }
 }
 
-fn dump_str(s: &str, out: &mut String) {
+fn dump_str(s: &str, out: &mut String, style: Style) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -125,6 +153,7 @@ fn dump_str(s: &str, out: &mut String) {
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
             c if c.is_ascii() && !c.is_ascii_control() => out.push(c),
+            c if style == Style::Response && (c as u32) >= 0x20 => out.push(c),
             c => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
@@ -136,19 +165,54 @@ fn dump_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Python's `repr(float)`: always a decimal point or an exponent.
-fn py_float(f: f64) -> String {
+/// Python's `repr(float)`: the shortest digits that read back as `f`, in
+/// positional notation with at least one decimal (`80.0`, `0.0001`) when the
+/// decimal exponent is in `-4..16`, else in scientific notation with a signed,
+/// two-digit exponent (`1e+16`, `1.5e-05`).
+pub fn py_float(f: f64) -> String {
     if f.is_nan() {
         return "NaN".into();
     }
     if f.is_infinite() {
         return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
     }
-    let text = f.to_string();
-    if text.contains(['.', 'e', 'E']) {
-        text
+    // Rust's `{:e}` gives the shortest round-trip digits: `1.2345e3`, `-5e-5`.
+    let scientific = format!("{f:e}");
+    let (mantissa, exponent) = scientific
+        .split_once('e')
+        .expect("`{:e}` always writes an exponent");
+    let exponent: i32 = exponent.parse().expect("a decimal exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if (-4..16).contains(&exponent) {
+        let point = exponent + 1;
+        if point <= 0 {
+            let zeros = "0".repeat(point.unsigned_abs() as usize);
+            format!("{sign}0.{zeros}{digits}")
+        } else {
+            let point = point as usize;
+            let (int, frac) = if digits.len() > point {
+                (digits[..point].to_owned(), digits[point..].to_owned())
+            } else {
+                (format!("{digits:0<point$}"), "0".to_owned())
+            };
+            format!("{sign}{int}.{frac}")
+        }
     } else {
-        format!("{text}.0")
+        let (first, rest) = digits.split_at(1);
+        let rest = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        format!(
+            "{sign}{first}{rest}e{exp_sign}{:02}",
+            exponent.unsigned_abs()
+        )
     }
 }
 
@@ -208,6 +272,38 @@ mod tests {
         assert_eq!(
             py_json_dumps(&json!({"a": [1, 2.0], "b": "é"})),
             r#"{"a": [1, 2.0], "b": "\u00e9"}"#
+        );
+    }
+
+    #[test]
+    fn floats_are_written_as_python_repr_writes_them() {
+        for (f, text) in [
+            (80.0, "80.0"),
+            (-1.0, "-1.0"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (0.5, "0.5"),
+            (0.05, "0.05"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (123.456, "123.456"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1e20, "1e+20"),
+            (1.2345678901234568e22, "1.2345678901234568e+22"),
+            (1.5e300, "1.5e+300"),
+            (23081.0, "23081.0"),
+        ] {
+            assert_eq!(py_float(f), text, "{f}");
+        }
+    }
+
+    #[test]
+    fn responses_are_compact_and_keep_non_ascii() {
+        assert_eq!(
+            py_json_response(&json!({"a": [1, 2.0, 1e20], "b": "é\n\u{1}"})),
+            "{\"a\":[1,2.0,1e+20],\"b\":\"é\\n\\u0001\"}".as_bytes()
         );
     }
 

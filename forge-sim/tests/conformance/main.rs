@@ -14,6 +14,7 @@
 //! Every case names the line of Forge's source it follows where that is not obvious.
 
 mod behaviour;
+mod option_values;
 mod options;
 
 use std::path::PathBuf;
