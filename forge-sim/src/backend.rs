@@ -181,11 +181,10 @@ impl Backend {
         let mut memory_changes = Map::new();
         let mut refresh_loading = false;
         for (key, value) in request {
-            if self
-                .options
-                .get(key)
-                .is_some_and(|stored| py_eq(stored, value))
-            {
+            // `opts.data.get(k)`: what is stored, not the default. A fresh Forge stores
+            // almost nothing, so posting a default is a change; `null` for a key never
+            // stored (even an unknown one) is skipped.
+            if py_eq(self.options.stored(key).unwrap_or(&Value::Null), value) {
                 continue;
             }
             match key.as_str() {
@@ -273,6 +272,12 @@ impl Backend {
         self.inference_mib = inference;
         self.options
             .set_internal("forge_inference_memory", json!(inference));
+        // It `opts.set`s all three, so from now on each is stored.
+        for key in ["forge_async_loading", "forge_pin_shared_memory"] {
+            if let Some(value) = self.options.get(key).cloned() {
+                self.options.set_internal(key, value);
+            }
+        }
         self.need_global_unload = true;
 
         let setting = memory::gpu_setting(self.total_mib(), inference);
@@ -504,6 +509,17 @@ mod tests {
     }
 
     #[test]
+    fn null_for_a_key_never_stored_is_skipped_even_when_unknown() {
+        let mut b = backend(12288);
+        let (change, error) = b.set_config(
+            &request(json!({"no_such_option": null})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(change.is_empty());
+        assert!(error.is_none());
+    }
+
+    #[test]
     fn unknown_checkpoint_in_override_is_dropped() {
         let mut b = backend(12288);
         let (change, error) = b.set_config(
@@ -542,9 +558,15 @@ mod tests {
     #[test]
     fn unchanged_memory_key_is_skipped_without_a_refresh() {
         let mut b = backend(12288);
+        // A fresh Forge has not stored its default: the first post is a change.
+        let (first, _) = b.set_config(
+            &request(json!({"forge_inference_memory": 1024})),
+            UnknownCheckpoint::Reject,
+        );
+        assert!(first.gpu_setting.is_some());
         b.load_for_generation().unwrap();
         let (change, _) = b.set_config(
-            &request(json!({"forge_inference_memory": 1024})),
+            &request(json!({"forge_inference_memory": 1024.0})),
             UnknownCheckpoint::Reject,
         );
         assert!(change.is_empty());

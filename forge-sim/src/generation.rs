@@ -66,7 +66,8 @@ pub async fn generate(
         let backend = state.backend();
         overrides
             .keys()
-            .filter_map(|key| Some((key.clone(), backend.options().get(key)?.clone())))
+            // `processing.process_images`: only keys already in `opts.data` are restored.
+            .filter_map(|key| Some((key.clone(), backend.options().stored(key)?.clone())))
             .collect()
     };
     let result = match state.set_config(&overrides, UnknownCheckpoint::Drop, Source::Override) {

@@ -201,7 +201,10 @@ async fn client_memory_options_are_stripped_by_default_refused_or_honoured_as_co
         .json()
         .await
         .unwrap();
-    assert_eq!(options["jpeg_quality"], 77);
+    assert_eq!(
+        options["jpeg_quality"], 77.0,
+        "Forge answers number options as floats"
+    );
     assert_eq!(options["forge_inference_memory"], 4096.0);
 
     let rejecting =

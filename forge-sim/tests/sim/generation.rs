@@ -205,8 +205,32 @@ async fn options_do_not_wait_for_a_running_generation() {
 }
 
 #[tokio::test]
+async fn an_override_of_a_key_never_stored_is_kept_afterwards() {
+    let server = sim(fast()).await;
+    let mut body = small_txt2img();
+    body["override_settings"] = json!({"jpeg_quality": 50});
+    post(&server, "/sdapi/v1/txt2img", body).await;
+    // `stored_opts` in `processing.process_images` skips keys not in `opts.data`.
+    let (_, after) = get(&server, "/sdapi/v1/options").await;
+    assert_eq!(after["jpeg_quality"], json!(50.0));
+}
+
+#[tokio::test]
 async fn override_settings_apply_for_the_generation_and_are_restored() {
     let server = sim(fast()).await;
+    // Forge restores only keys it has stored (`opts.data`): store these first, as a Forge
+    // whose settings were saved once has them.
+    post(
+        &server,
+        "/sdapi/v1/options",
+        json!({"forge_inference_memory": 1024, "jpeg_quality": 80}),
+    )
+    .await;
+    reqwest::Client::new()
+        .delete(format!("{}/sim/journal", server.url()))
+        .send()
+        .await
+        .expect("clear the journal");
     post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
     let (_, before) = get(&server, "/sdapi/v1/options").await;
 
