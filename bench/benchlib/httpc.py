@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import time
 import urllib.parse
 
@@ -34,6 +35,7 @@ class Conn:
         false, seconds from the first byte sent to the last byte read)."""
         h = {"Content-Type": "application/json"} if body is not None else {}
         h.update(headers or {})
+        self._drop_if_closed()
         start = time.perf_counter()
         self.conn.request(method, path, body=body, headers=h)
         resp = self.conn.getresponse()
@@ -49,6 +51,15 @@ class Conn:
             data = n
         elapsed = time.perf_counter() - start
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, elapsed
+
+
+    def _drop_if_closed(self) -> None:
+        """Forge (uvicorn) closes a connection after a 500 made from an exception: a kept
+        connection the server has closed is readable (EOF) while idle. Drop it, so that the
+        next request opens a new one, as urllib3 (requests) does before reusing one."""
+        sock = self.conn.sock
+        if sock is not None and select.select([sock], [], [], 0)[0]:
+            self.conn.close()
 
 
 def get_json(base_url: str, path: str, timeout: float = 60.0):

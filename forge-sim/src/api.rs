@@ -31,7 +31,9 @@ type Answer = Result<Json<Value>, ApiError>;
 /// Every `/sdapi/v1` route. Routes without a body sit behind the auth layer;
 /// those with a JSON body check auth themselves after decoding it, which is
 /// FastAPI's order (a malformed body is a 422 even without credentials).
-/// `/progress`, `/loras` and `/refresh-loras` are open, as in Forge.
+/// `/loras` and `/refresh-loras` are open, as in Forge (its Lora extension registers them
+/// itself); `/progress` is behind auth like the rest (`api.py` adds it with
+/// `add_api_route`, which puts every route behind `--api-auth`).
 pub fn router(state: SimState) -> Router<SimState> {
     let authed = |route: MethodRouter<SimState>| {
         route.route_layer(from_fn_with_state(state.clone(), auth::require_auth))
@@ -43,7 +45,7 @@ pub fn router(state: SimState) -> Router<SimState> {
         )
         .route("/sdapi/v1/txt2img", post(txt2img))
         .route("/sdapi/v1/img2img", post(img2img))
-        .route("/sdapi/v1/progress", get(progress))
+        .route("/sdapi/v1/progress", authed(get(progress)))
         .route("/sdapi/v1/interrupt", authed(post(interrupt)))
         .route("/sdapi/v1/skip", authed(post(skip)))
         .route("/sdapi/v1/sd-models", authed(get(sd_models)))

@@ -71,7 +71,7 @@ fn basic(user_pass: &str) -> String {
 }
 
 #[tokio::test]
-async fn api_auth_guards_sdapi_except_progress() {
+async fn api_auth_guards_sdapi_progress_included() {
     let server = sim(SimConfig {
         api_auth: Some("user:secret".into()),
         ..fast()
@@ -111,10 +111,12 @@ async fn api_auth_guards_sdapi_except_progress() {
         .unwrap();
     assert_eq!(right.status().as_u16(), 200);
 
-    for open in ["/sdapi/v1/progress", "/sim/journal"] {
-        let response = client.get(url(open)).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 200, "{open}");
-    }
+    // Forge's /progress is behind --api-auth too.
+    let progress = client.get(url("/sdapi/v1/progress")).send().await.unwrap();
+    assert_eq!(progress.status().as_u16(), 401);
+    assert_eq!(progress.headers()["www-authenticate"], "Basic");
+    let journal = client.get(url("/sim/journal")).send().await.unwrap();
+    assert_eq!(journal.status().as_u16(), 200);
     // Routing comes before auth: unknown paths stay 404.
     let unknown = client.get(url("/sdapi/v1/nope")).send().await.unwrap();
     assert_eq!(unknown.status().as_u16(), 404);
