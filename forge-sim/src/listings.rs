@@ -7,63 +7,74 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 
 /// (name, aliases, options), in Forge's order; the first is the default.
+/// The options are each sampler's `options` dict from
+/// modules/sd_samplers_kdiffusion.py (`samplers_k_diffusion`), with its
+/// preferred `scheduler` and Python booleans, as `/sdapi/v1/samplers` returns
+/// them (api.py `get_samplers`: `sampler[3]`), in modules/sd_samplers.py's
+/// `all_samplers` order: k-diffusion, timesteps, LCM, then Forge's
+/// modules_forge/alter_samplers.py (DDPM).
 const SAMPLERS: &[(&str, &[&str], &str)] = &[
-    ("DPM++ 2M", &["k_dpmpp_2m"], "{}"),
+    ("DPM++ 2M", &["k_dpmpp_2m"], r#"{"scheduler": "karras"}"#),
     (
         "DPM++ SDE",
         &["k_dpmpp_sde"],
-        r#"{"second_order": "True", "brownian_noise": "True"}"#,
+        r#"{"scheduler": "karras", "second_order": true, "brownian_noise": true}"#,
     ),
     (
         "DPM++ 2M SDE",
         &["k_dpmpp_2m_sde"],
-        r#"{"brownian_noise": "True"}"#,
+        r#"{"scheduler": "exponential", "brownian_noise": true}"#,
     ),
     (
         "DPM++ 2M SDE Heun",
         &["k_dpmpp_2m_sde_heun"],
-        r#"{"brownian_noise": "True", "solver_type": "heun"}"#,
+        r#"{"scheduler": "exponential", "brownian_noise": true, "solver_type": "heun"}"#,
     ),
     (
         "DPM++ 2S a",
         &["k_dpmpp_2s_a"],
-        r#"{"uses_ensd": "True", "second_order": "True"}"#,
+        r#"{"scheduler": "karras", "uses_ensd": true, "second_order": true}"#,
     ),
     (
         "DPM++ 3M SDE",
         &["k_dpmpp_3m_sde"],
-        r#"{"discard_next_to_last_sigma": "True", "brownian_noise": "True"}"#,
+        r#"{"scheduler": "exponential", "discard_next_to_last_sigma": true, "brownian_noise": true}"#,
     ),
     (
         "Euler a",
         &["k_euler_a", "k_euler_ancestral"],
-        r#"{"uses_ensd": "True"}"#,
+        r#"{"uses_ensd": true}"#,
     ),
-    ("Euler", &["k_euler"], "{}"),
-    ("LMS", &["k_lms"], "{}"),
-    ("Heun", &["k_heun"], r#"{"second_order": "True"}"#),
+    ("Euler", &["k_euler"], r#"{}"#),
+    ("LMS", &["k_lms"], r#"{}"#),
+    ("Heun", &["k_heun"], r#"{"second_order": true}"#),
     (
         "DPM2",
         &["k_dpm_2"],
-        r#"{"discard_next_to_last_sigma": "True", "second_order": "True"}"#,
+        r#"{"scheduler": "karras", "discard_next_to_last_sigma": true, "second_order": true}"#,
     ),
     (
         "DPM2 a",
         &["k_dpm_2_a"],
-        r#"{"discard_next_to_last_sigma": "True", "uses_ensd": "True", "second_order": "True"}"#,
+        r#"{"scheduler": "karras", "discard_next_to_last_sigma": true, "uses_ensd": true, "second_order": true}"#,
     ),
-    ("DPM fast", &["k_dpm_fast"], r#"{"uses_ensd": "True"}"#),
-    ("DPM adaptive", &["k_dpm_ad"], r#"{"uses_ensd": "True"}"#),
-    ("Restart", &["restart"], "{}"),
-    ("HeunPP2", &["heunpp2"], "{}"),
-    ("IPNDM", &["ipndm"], "{}"),
-    ("IPNDM_V", &["ipndm_v"], "{}"),
-    ("DEIS", &["deis"], "{}"),
-    ("DDIM", &["ddim"], "{}"),
-    ("DDIM CFG++", &["ddim_cfgpp"], "{}"),
-    ("PLMS", &["plms"], "{}"),
-    ("UniPC", &["unipc"], "{}"),
-    ("LCM", &["k_lcm"], "{}"),
+    ("DPM fast", &["k_dpm_fast"], r#"{"uses_ensd": true}"#),
+    ("DPM adaptive", &["k_dpm_ad"], r#"{"uses_ensd": true}"#),
+    (
+        "Restart",
+        &["restart"],
+        r#"{"scheduler": "karras", "second_order": true}"#,
+    ),
+    ("HeunPP2", &["heunpp2"], r#"{}"#),
+    ("IPNDM", &["ipndm"], r#"{}"#),
+    ("IPNDM_V", &["ipndm_v"], r#"{}"#),
+    ("DEIS", &["deis"], r#"{}"#),
+    ("DDIM", &["ddim"], r#"{}"#),
+    ("DDIM CFG++", &["ddim_cfgpp"], r#"{}"#),
+    ("PLMS", &["plms"], r#"{}"#),
+    ("UniPC", &["unipc"], r#"{}"#),
+    ("LCM", &["k_lcm"], r#"{}"#),
+    ("DDPM", &["ddpm"], r#"{}"#),
 ];
 
 /// One scheduler as `/sdapi/v1/schedulers` lists it.
@@ -424,7 +435,9 @@ mod tests {
     #[test]
     fn lists_have_forges_shapes() {
         assert_eq!(samplers()[7]["name"], "Euler");
-        assert_eq!(samplers()[0]["options"], json!({}));
+        assert_eq!(samplers()[0]["options"], json!({"scheduler": "karras"}));
+        assert_eq!(samplers()[9]["options"], json!({"second_order": true}));
+        assert_eq!(samplers().as_array().unwrap().len(), 25);
         assert_eq!(schedulers()[2]["default_rho"], json!(7.0));
         assert_eq!(schedulers()[5]["aliases"], json!(["SGMUniform"]));
         assert_eq!(schedulers().as_array().unwrap().len(), 16);
