@@ -14,8 +14,10 @@
 //! Every case names the line of Forge's source it follows where that is not obvious.
 
 mod behaviour;
+mod http;
 mod option_values;
 mod options;
+mod progress;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
