@@ -3,6 +3,7 @@
 mod backends;
 mod cli;
 mod failures;
+mod gzip;
 mod nginx;
 mod observe;
 mod passthrough;
