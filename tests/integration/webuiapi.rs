@@ -41,7 +41,10 @@ async fn webuiapi_client_works_through_the_proxy() {
     let seen = run_client("webuiapi_flow.py", &proxy, &[]).await;
     assert_eq!(seen["txt2img_images"], 1);
     assert_eq!(seen["img2img_images"], 1);
-    assert_eq!(seen["jpeg_quality"], 91);
+    assert_eq!(
+        seen["jpeg_quality"], 91.0,
+        "Forge answers number options as floats"
+    );
     assert_eq!(seen["txt2img_seed"], 11);
     let models = seen["models"].as_array().unwrap();
     assert_eq!(models.len(), 3, "{seen}");
