@@ -14,6 +14,7 @@
 //! Every case names the line of Forge's source it follows where that is not obvious.
 
 mod behaviour;
+mod generation;
 mod http;
 mod option_values;
 mod options;
@@ -107,6 +108,41 @@ impl Target {
         match std::env::var("FORGE_URL") {
             Ok(url) => Target::real(url, None).await,
             Err(_) => Target::sim(sim_config()).await,
+        }
+    }
+
+    /// A target whose generations take long enough to watch, interrupt or leave: a
+    /// simulator at a twentieth of Forge's time rather than the default's two-thousandth.
+    pub async fn open_timed() -> Target {
+        match std::env::var("FORGE_URL") {
+            Ok(url) => Target::real(url, None).await,
+            Err(_) => {
+                Target::sim(SimConfig {
+                    time_scale: 0.05,
+                    ..sim_config()
+                })
+                .await
+            }
+        }
+    }
+
+    /// A txt2img body that runs about one to four seconds on this target (a target from
+    /// `open_timed` for the simulator): a few steps on a CPU-only Forge, many more simulated.
+    pub fn long_generation(&self) -> Value {
+        if self.is_sim() {
+            serde_json::json!({"prompt": "long", "steps": 400, "width": 512, "height": 512})
+        } else {
+            serde_json::json!({"prompt": "long", "steps": 12, "width": 64, "height": 64})
+        }
+    }
+
+    /// A txt2img body a tenth to a fifth as long as `long_generation`'s, and still far longer
+    /// than an answer takes to travel.
+    pub fn brief_generation(&self) -> Value {
+        if self.is_sim() {
+            serde_json::json!({"prompt": "brief", "steps": 40, "width": 512, "height": 512})
+        } else {
+            serde_json::json!({"prompt": "brief", "steps": 2, "width": 64, "height": 64})
         }
     }
 
