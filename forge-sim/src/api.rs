@@ -481,7 +481,7 @@ async fn get_options(State(state): State<SimState>) -> impl IntoResponse {
 async fn post_options(State(state): State<SimState>, headers: HeaderMap, bytes: Bytes) -> Answer {
     let decoded = body::decode(&headers, &bytes)?;
     auth::check(state.credentials(), &headers)?;
-    let request = match require(decoded)? {
+    let request = match require(decoded)?.value {
         Value::Object(request) => request,
         other => {
             return Err(request::with_pydantic_urls(ApiError::validation(json!({
@@ -523,7 +523,8 @@ async fn generate(
 ) -> Result<Json<GenerationResponse>, ApiError> {
     let decoded = body::decode(&headers, &bytes)?;
     auth::check(state.credentials(), &headers)?;
-    let request = GenerationRequest::validate(route, require(decoded)?)?;
+    let body = require(decoded)?;
+    let request = GenerationRequest::validate_decoded(route, body.value, &body.non_finite)?;
     drop(bytes);
     if route == Route::Img2Img && !request.is_set("init_images") {
         return Err(ApiError::http(
@@ -557,7 +558,7 @@ async fn generate(
 }
 
 /// A required body: FastAPI's `missing` when empty, with pydantic's `url`.
-fn require(decoded: Option<Value>) -> Result<Value, ApiError> {
+fn require(decoded: Option<body::Decoded>) -> Result<body::Decoded, ApiError> {
     body::require(decoded).map_err(request::with_pydantic_urls)
 }
 
@@ -608,7 +609,7 @@ fn image_request(
 ) -> Result<Map<String, Value>, ApiError> {
     let decoded = body::decode(headers, bytes)?;
     auth::check(state.credentials(), headers)?;
-    request::validate_model(model, require(decoded)?)
+    request::validate_model(model, require(decoded)?.value)
 }
 
 fn image_field(request: &Map<String, Value>) -> &str {

@@ -36,6 +36,42 @@ pub fn app(state: SimState) -> Router {
         .layer(middleware::from_fn(gzip))
         .layer(middleware::map_response(uvicorn_headers))
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(starlette_path))
+}
+
+/// Starlette routes on the percent-decoded path (uvicorn puts `unquote(raw_path)` in the
+/// ASGI scope): `/sdapi/v1/%74xt2img` is txt2img, `/sdapi/v1%2Ftxt2img` too. The path is
+/// decoded here before any routing; a decoded path that a URI cannot carry as a path (it
+/// would hold `?`, `#`, a space or a non-ASCII character) matches none of Forge's routes
+/// either, and is left as sent.
+async fn starlette_path(mut request: Request, next: Next) -> Response {
+    if let Some(uri) = decoded_path_uri(request.uri()) {
+        *request.uri_mut() = uri;
+    }
+    next.run(request).await
+}
+
+fn decoded_path_uri(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    if !path.contains('%') {
+        return None;
+    }
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .ok()?;
+    let carried = decoded
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#' && b != b'%');
+    if !carried {
+        return None;
+    }
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{decoded}?{query}"),
+        None => decoded.into_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// FastAPI's answer for an unknown path, after its trailing-slash redirect:

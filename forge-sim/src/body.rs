@@ -3,48 +3,72 @@
 //! body, undecodable bytes and malformed JSON.
 
 use axum::http::{header, HeaderMap, StatusCode};
+use forge_schema::body::{self, NonFinite};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::json_error;
 
-/// The decoded body: JSON when it was sent as JSON (or without a content
-/// type), else the raw text, which then fails validation as not an object,
-/// as in FastAPI. `None` for an empty body, which fails later, at
-/// validation (after auth), with [`require`].
-pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Value>, ApiError> {
+/// A decoded JSON body, with the members that held `NaN` or an infinity (which the value
+/// carries as `null`, as Forge echoes them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub value: Value,
+    pub non_finite: Vec<(String, NonFinite)>,
+}
+
+impl From<Value> for Decoded {
+    fn from(value: Value) -> Self {
+        Decoded {
+            value,
+            non_finite: Vec::new(),
+        }
+    }
+}
+
+/// The decoded body: JSON when it was sent as JSON (or without a content type), read as
+/// Python's `json.loads(bytes)` reads it (a UTF-8 byte-order mark, UTF-16 and UTF-32,
+/// `NaN` and `Infinity`), else the raw text, which then fails validation as not an object,
+/// as in FastAPI. `None` for an empty body, which fails later, at validation (after auth),
+/// with [`require`].
+pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<Decoded>, ApiError> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    if !is_json_content_type(headers) {
-        return Ok(Some(Value::String(
-            String::from_utf8_lossy(bytes).into_owned(),
-        )));
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+    if !body::is_json_content_type(content_type) {
+        return Ok(Some(
+            Value::String(String::from_utf8_lossy(bytes).into_owned()).into(),
+        ));
     }
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    let text = std::str::from_utf8(bytes).map_err(|_| {
+    let text = body::decode_text(bytes).map_err(|_| {
         ApiError::http(
             StatusCode::BAD_REQUEST,
             "There was an error parsing the body",
         )
     })?;
-    serde_json::from_str(text).map(Some).map_err(|_| {
-        let (msg, pos) = match json_error::locate(text) {
-            Some(error) => (error.msg, error.pos),
-            None => ("Expecting value", 0),
-        };
-        ApiError::validation(json!({
-            "type": "json_invalid",
-            "loc": ["body", pos],
-            "msg": "JSON decode error",
-            "input": {},
-            "ctx": { "error": msg },
-        }))
-    })
+    // serde_json reads the common case; Python's extra tokens take the slower reader.
+    if let Ok(value) = serde_json::from_str::<Value>(&text) {
+        return Ok(Some(value.into()));
+    }
+    if let Ok((value, non_finite)) = body::to_value_with_members(&text) {
+        return Ok(Some(Decoded { value, non_finite }));
+    }
+    let (msg, pos) = match json_error::locate(&text) {
+        Some(error) => (error.msg, error.pos),
+        None => ("Expecting value", 0),
+    };
+    Err(ApiError::validation(json!({
+        "type": "json_invalid",
+        "loc": ["body", pos],
+        "msg": "JSON decode error",
+        "input": {},
+        "ctx": { "error": msg },
+    })))
 }
 
 /// A required body that was empty: FastAPI's `missing` error.
-pub fn require(body: Option<Value>) -> Result<Value, ApiError> {
+pub fn require(body: Option<Decoded>) -> Result<Decoded, ApiError> {
     body.ok_or_else(|| {
         ApiError::validation(json!({
             "type": "missing",
@@ -53,27 +77,6 @@ pub fn require(body: Option<Value>) -> Result<Value, ApiError> {
             "input": null,
         }))
     })
-}
-
-/// FastAPI parses the body as JSON when there is no content type, or when
-/// it is `application/json` or `application/*+json`.
-fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return true;
-    };
-    let Ok(value) = value.to_str() else {
-        return false;
-    };
-    let mime = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match mime.split_once('/') {
-        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -119,7 +122,7 @@ mod tests {
     fn body_without_content_type_is_still_json() {
         assert_eq!(
             decode(&HeaderMap::new(), b"{\"a\": 1}").unwrap(),
-            Some(json!({"a": 1}))
+            Some(json!({"a": 1}).into())
         );
     }
 
@@ -129,7 +132,34 @@ mod tests {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert_eq!(
             decode(&headers, b"{\"a\": 1}").unwrap(),
-            Some(json!("{\"a\": 1}"))
+            Some(json!("{\"a\": 1}").into())
+        );
+    }
+
+    #[test]
+    fn pythons_encodings_and_non_finite_tokens_are_json() {
+        let utf16: Vec<u8> = b"\xff\xfe"
+            .iter()
+            .copied()
+            .chain("{\"a\": 1}".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        assert_eq!(
+            decode(&json_headers(), &utf16).unwrap(),
+            Some(json!({"a": 1}).into())
+        );
+        assert_eq!(
+            decode(&json_headers(), b"\xef\xbb\xbf{\"a\": 1}").unwrap(),
+            Some(json!({"a": 1}).into())
+        );
+        assert_eq!(
+            decode(&json_headers(), b"{\"cfg_scale\": NaN, \"a\": [Infinity]}").unwrap(),
+            Some(Decoded {
+                value: json!({"cfg_scale": null, "a": [null]}),
+                non_finite: vec![
+                    ("cfg_scale".into(), NonFinite::Itself),
+                    ("a".into(), NonFinite::Inside)
+                ],
+            })
         );
     }
 

@@ -54,14 +54,16 @@ impl Checkpoint {
         }
     }
 
-    /// Every string that selects this checkpoint, like Forge's
-    /// `CheckpointInfo.ids` (minus the legacy 8-hex model hash).
+    /// Every string that selects this checkpoint, like Forge's `CheckpointInfo.ids`
+    /// (modules/sd_models.py), minus the legacy 8-hex model hash and `name [hash]`: the
+    /// name with its folder, the file name without extension, `model_name`, the title, and
+    /// once hashed the short hash, the sha256 and both names with `[short hash]`. The name
+    /// with its folder but without extension is not one.
     fn aliases(&self) -> Vec<String> {
         vec![
             self.model_name.clone(),
             self.title.clone(),
             self.name.clone(),
-            strip_extension(&self.name).to_owned(),
             self.name_for_extra.clone(),
             self.short_hash.clone(),
             self.sha256.clone(),
@@ -179,13 +181,23 @@ mod tests {
         for alias in [
             model.title.as_str(),
             "FLUX/my-model.safetensors",
-            "FLUX/my-model",
             "FLUX_my-model",
             "my-model",
             model.short_hash.as_str(),
             model.sha256.as_str(),
+            &format!("FLUX/my-model.safetensors [{}]", model.short_hash),
+            &format!("my-model [{}]", model.short_hash),
         ] {
             assert_eq!(catalog.resolve(alias), Some(&model), "alias {alias}");
+        }
+        // Not aliases: the folder without the extension, another case, a part.
+        for other in [
+            "FLUX/my-model",
+            "flux/my-model.safetensors",
+            "my-mod",
+            "MY-MODEL",
+        ] {
+            assert!(catalog.resolve(other).is_none(), "{other}");
         }
         assert_eq!(
             model.filename,

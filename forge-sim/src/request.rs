@@ -2,144 +2,17 @@
 //! every field Optional, lax coercion (`"20"` is an int), one 422 entry per
 //! bad field, unknown fields ignored, defaults as in Forge's API models.
 
+use forge_schema::body::NonFinite;
+use forge_schema::model::{self, Field, Invalid, Kind, Refusal};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 
-/// Which generation endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    Txt2Img,
-    Img2Img,
-}
-
-impl Route {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Txt2Img => "txt2img",
-            Route::Img2Img => "img2img",
-        }
-    }
-}
-
-/// The type a field validates as.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Int,
-    Float,
-    Str,
-    Bool,
-    Dict,
-    List,
-    ListOfStr,
-    Any,
-}
-
-/// A model field: name, type and default (as JSON text).
-type Field = (&'static str, Kind, &'static str);
-
-/// `StableDiffusionProcessing`'s API fields, in declaration order.
-const COMMON: &[Field] = &[
-    ("prompt", Kind::Str, r#""""#),
-    ("negative_prompt", Kind::Str, r#""""#),
-    ("styles", Kind::ListOfStr, "null"),
-    ("seed", Kind::Int, "-1"),
-    ("subseed", Kind::Int, "-1"),
-    ("subseed_strength", Kind::Float, "0"),
-    ("seed_resize_from_h", Kind::Int, "-1"),
-    ("seed_resize_from_w", Kind::Int, "-1"),
-    ("sampler_name", Kind::Str, "null"),
-    ("scheduler", Kind::Str, "null"),
-    ("batch_size", Kind::Int, "1"),
-    ("n_iter", Kind::Int, "1"),
-    ("steps", Kind::Int, "50"),
-    ("cfg_scale", Kind::Float, "7.0"),
-    ("distilled_cfg_scale", Kind::Float, "3.5"),
-    ("width", Kind::Int, "512"),
-    ("height", Kind::Int, "512"),
-    ("restore_faces", Kind::Bool, "null"),
-    ("tiling", Kind::Bool, "null"),
-    ("do_not_save_samples", Kind::Bool, "false"),
-    ("do_not_save_grid", Kind::Bool, "false"),
-    ("eta", Kind::Float, "null"),
-    ("denoising_strength", Kind::Float, "0.75"),
-    ("s_min_uncond", Kind::Float, "null"),
-    ("s_churn", Kind::Float, "null"),
-    ("s_tmax", Kind::Float, "null"),
-    ("s_tmin", Kind::Float, "null"),
-    ("s_noise", Kind::Float, "null"),
-    ("override_settings", Kind::Dict, "null"),
-    ("override_settings_restore_afterwards", Kind::Bool, "true"),
-    ("refiner_checkpoint", Kind::Str, "null"),
-    ("refiner_switch_at", Kind::Float, "null"),
-    ("disable_extra_networks", Kind::Bool, "false"),
-    ("firstpass_image", Kind::Any, "null"),
-    ("comments", Kind::Dict, "null"),
-];
-
-/// `StableDiffusionProcessingTxt2Img`'s own fields.
-const TXT2IMG: &[Field] = &[
-    ("enable_hr", Kind::Bool, "false"),
-    ("firstphase_width", Kind::Int, "0"),
-    ("firstphase_height", Kind::Int, "0"),
-    ("hr_scale", Kind::Float, "2.0"),
-    ("hr_upscaler", Kind::Str, "null"),
-    ("hr_second_pass_steps", Kind::Int, "0"),
-    ("hr_resize_x", Kind::Int, "0"),
-    ("hr_resize_y", Kind::Int, "0"),
-    ("hr_checkpoint_name", Kind::Str, "null"),
-    ("hr_additional_modules", Kind::List, "null"),
-    ("hr_sampler_name", Kind::Str, "null"),
-    ("hr_scheduler", Kind::Str, "null"),
-    ("hr_prompt", Kind::Str, r#""""#),
-    ("hr_negative_prompt", Kind::Str, r#""""#),
-    ("hr_cfg", Kind::Float, "1.0"),
-    ("hr_distilled_cfg", Kind::Float, "3.5"),
-];
-
-/// `StableDiffusionProcessingImg2Img`'s own fields.
-const IMG2IMG: &[Field] = &[
-    ("init_images", Kind::List, "null"),
-    ("resize_mode", Kind::Int, "0"),
-    ("image_cfg_scale", Kind::Float, "null"),
-    ("mask", Kind::Any, "null"),
-    ("mask_blur_x", Kind::Int, "4"),
-    ("mask_blur_y", Kind::Int, "4"),
-    ("mask_blur", Kind::Int, "null"),
-    ("mask_round", Kind::Bool, "true"),
-    ("inpainting_fill", Kind::Int, "0"),
-    ("inpaint_full_res", Kind::Bool, "true"),
-    ("inpaint_full_res_padding", Kind::Int, "0"),
-    ("inpainting_mask_invert", Kind::Int, "0"),
-    ("initial_noise_multiplier", Kind::Float, "null"),
-    ("latent_mask", Kind::Any, "null"),
-];
-
-/// The fields Forge's API adds to both models.
-const API: &[Field] = &[
-    ("sampler_index", Kind::Str, r#""Euler""#),
-    ("script_name", Kind::Str, "null"),
-    ("script_args", Kind::List, "[]"),
-    ("send_images", Kind::Bool, "true"),
-    ("save_images", Kind::Bool, "false"),
-    ("alwayson_scripts", Kind::Dict, "{}"),
-    ("force_task_id", Kind::Str, "null"),
-    ("infotext", Kind::Str, "null"),
-];
-
-/// `img2img` only: whether `parameters` echoes the init images.
-const IMG2IMG_API: &[Field] = &[("include_init_images", Kind::Bool, "false")];
+/// Which generation endpoint (the model's fields are `forge_schema`'s, shared with the proxy).
+pub use forge_schema::model::GenerationRoute as Route;
 
 fn fields(route: Route) -> impl Iterator<Item = &'static Field> {
-    let own: &[Field] = match route {
-        Route::Txt2Img => TXT2IMG,
-        Route::Img2Img => IMG2IMG,
-    };
-    let extra: &[Field] = match route {
-        Route::Txt2Img => &[],
-        Route::Img2Img => IMG2IMG_API,
-    };
-    COMMON.iter().chain(own).chain(API).chain(extra)
+    model::generation_fields(route)
 }
 
 /// A validated generation request: every model field present, coerced as
@@ -151,10 +24,24 @@ pub struct GenerationRequest {
 }
 
 impl GenerationRequest {
-    /// Validates a decoded body. Errors come one per bad field, in field
-    /// order, as FastAPI reports them.
+    /// Validates a body of finite numbers (see [`GenerationRequest::validate_decoded`]).
+    #[cfg(test)]
     pub fn validate(route: Route, body: Value) -> Result<GenerationRequest, ApiError> {
+        Self::validate_decoded(route, body, &[])
+    }
+
+    /// Validates a decoded body. Errors come one per bad field, in field order, as FastAPI
+    /// reports them; a bad value holding `NaN` or an infinity makes the whole answer Forge's
+    /// 500 instead (`non_finite`: the members that hold one, from [`crate::body::decode`]).
+    pub fn validate_decoded(
+        route: Route,
+        body: Value,
+        non_finite: &[(String, NonFinite)],
+    ) -> Result<GenerationRequest, ApiError> {
         let Value::Object(mut body) = body else {
+            if !non_finite.is_empty() {
+                return Err(not_serializable());
+            }
             return Err(ApiError::validation(json!({
                 "type": "model_attributes_type",
                 "loc": ["body"],
@@ -165,21 +52,34 @@ impl GenerationRequest {
         };
         let mut params = Map::new();
         let mut errors = Vec::new();
-        for &(name, kind, default) in fields(route) {
+        let mut unserializable = false;
+        for field in fields(route) {
+            let name = field.name;
             let value = match body.remove(name) {
-                None => serde_json::from_str(default).unwrap_or(Value::Null),
-                Some(Value::Null) => Value::Null,
-                Some(value) => match coerce(kind, name, value) {
-                    Ok(value) => value,
-                    Err(mut field_errors) => {
-                        errors.append(&mut field_errors);
-                        continue;
+                None => serde_json::from_str(field.default).unwrap_or(Value::Null),
+                Some(value) => {
+                    let where_non_finite = non_finite
+                        .iter()
+                        .find(|(member, _)| member == name)
+                        .map_or(NonFinite::None, |(_, how)| *how);
+                    match model::validate_member(field.kind, value, where_non_finite) {
+                        Ok(value) => value,
+                        Err(Refusal::Invalid(invalid)) => {
+                            errors.extend(invalid.iter().map(|i| member_error(name, i)));
+                            continue;
+                        }
+                        Err(Refusal::NotSerializable) => {
+                            unserializable = true;
+                            continue;
+                        }
                     }
-                },
+                }
             };
             params.insert(name.to_owned(), value);
         }
-        if errors.is_empty() {
+        if unserializable {
+            Err(not_serializable())
+        } else if errors.is_empty() {
             Ok(GenerationRequest { route, params })
         } else {
             Err(ApiError::Validation(errors))
@@ -196,8 +96,8 @@ impl GenerationRequest {
     pub fn get(&self, name: &str) -> Value {
         match self.params.get(name) {
             Some(Value::Null) | None => fields(self.route)
-                .find(|field| field.0 == name)
-                .and_then(|field| serde_json::from_str(field.2).ok())
+                .find(|field| field.name == name)
+                .and_then(|field| serde_json::from_str(field.default).ok())
                 .unwrap_or(Value::Null),
             Some(value) => value.clone(),
         }
@@ -261,134 +161,28 @@ pub fn with_pydantic_urls(error: ApiError) -> ApiError {
     }
 }
 
-/// Pydantic v2 lax-mode coercion of one non-null value.
-/// Takes the value, so the large ones (init images) are moved, not copied.
+/// A 422 entry for one bad value of member `name`.
+fn member_error(name: &str, invalid: &Invalid) -> Value {
+    let loc = match invalid.item {
+        Some(item) => json!(["body", name, item]),
+        None => json!(["body", name]),
+    };
+    field_error(loc, invalid.kind, invalid.msg, &invalid.input)
+}
+
+/// Forge's answer when the 422 it makes holds `NaN` or an infinity: Starlette's
+/// `JSONResponse` refuses to write it, and the exception handler answers 500.
+fn not_serializable() -> ApiError {
+    ApiError::Exception {
+        error: "ValueError",
+        message: model::NOT_SERIALIZABLE.into(),
+    }
+}
+
+/// Pydantic's coercion of one value of member `name`, its errors as 422 entries.
 fn coerce(kind: Kind, name: &str, value: Value) -> Result<Value, Vec<Value>> {
-    let loc = json!(["body", name]);
-    let fail = |kind: &str, msg: &str| Err(vec![field_error(loc.clone(), kind, msg, &value)]);
-    match kind {
-        Kind::Any => Ok(value),
-        Kind::Int => match coerce_int(&value) {
-            Ok(int) => Ok(int),
-            Err((kind, msg)) => fail(kind, msg),
-        },
-        Kind::Float => match &value {
-            Value::Number(_) => Ok(value),
-            Value::Bool(b) => Ok(json!(if *b { 1.0 } else { 0.0 })),
-            Value::String(s) => match s.trim().parse::<f64>() {
-                Ok(f) => Ok(json!(f)),
-                Err(_) => fail(
-                    "float_parsing",
-                    "Input should be a valid number, unable to parse string as a number",
-                ),
-            },
-            _ => fail("float_type", "Input should be a valid number"),
-        },
-        Kind::Str => match &value {
-            Value::String(_) => Ok(value),
-            _ => fail("string_type", "Input should be a valid string"),
-        },
-        Kind::Bool => match coerce_bool(&value) {
-            Some(b) => Ok(Value::Bool(b)),
-            None if matches!(value, Value::Array(_) | Value::Object(_)) => {
-                fail("bool_type", "Input should be a valid boolean")
-            }
-            None => fail(
-                "bool_parsing",
-                "Input should be a valid boolean, unable to interpret input",
-            ),
-        },
-        Kind::Dict => match &value {
-            Value::Object(_) => Ok(value),
-            _ => fail("dict_type", "Input should be a valid dictionary"),
-        },
-        Kind::List => match &value {
-            Value::Array(_) => Ok(value),
-            _ => fail("list_type", "Input should be a valid list"),
-        },
-        Kind::ListOfStr => match &value {
-            Value::Array(items) => {
-                let errors: Vec<Value> = items
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, item)| !item.is_string())
-                    .map(|(i, item)| {
-                        field_error(
-                            json!(["body", name, i]),
-                            "string_type",
-                            "Input should be a valid string",
-                            item,
-                        )
-                    })
-                    .collect();
-                if errors.is_empty() {
-                    Ok(value)
-                } else {
-                    Err(errors)
-                }
-            }
-            _ => fail("list_type", "Input should be a valid list"),
-        },
-    }
-}
-
-fn coerce_int(value: &Value) -> Result<Value, (&'static str, &'static str)> {
-    const FRACTION: (&str, &str) = (
-        "int_from_float",
-        "Input should be a valid integer, got a number with a fractional part",
-    );
-    match value {
-        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(value.clone()),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f.is_finite() && f.fract() == 0.0 => Ok(json!(f as i64)),
-            Some(f) if !f.is_finite() => Err(("finite_number", "Input should be a finite number")),
-            _ => Err(FRACTION),
-        },
-        Value::Bool(b) => Ok(json!(i64::from(*b))),
-        Value::String(s) => parse_int_str(s.trim()).map(|i| json!(i)).ok_or((
-            "int_parsing",
-            "Input should be a valid integer, unable to parse string as an integer",
-        )),
-        _ => Err(("int_type", "Input should be a valid integer")),
-    }
-}
-
-/// `"20"`, `"+20"` and `"20.000"` are integers to pydantic; `"20.5"` is not.
-fn parse_int_str(s: &str) -> Option<i64> {
-    if let Ok(i) = s.parse::<i64>() {
-        return Some(i);
-    }
-    let (whole, fraction) = s.split_once('.')?;
-    if fraction.chars().all(|c| c == '0') && !whole.is_empty() && !whole.ends_with(['+', '-']) {
-        whole.parse().ok()
-    } else {
-        None
-    }
-}
-
-fn coerce_bool(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => {
-            let f = n.as_f64()?;
-            if f == 0.0 {
-                Some(false)
-            } else if f == 1.0 {
-                Some(true)
-            } else {
-                None
-            }
-        }
-        Value::String(s) => {
-            let lower = s.to_ascii_lowercase();
-            match lower.as_str() {
-                "0" | "off" | "f" | "false" | "n" | "no" => Some(false),
-                "1" | "on" | "t" | "true" | "y" | "yes" => Some(true),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+    model::coerce(kind, value)
+        .map_err(|invalid| invalid.iter().map(|i| member_error(name, i)).collect())
 }
 
 /// A field of one of Forge's other request models (`PNGInfoRequest`,
@@ -635,33 +429,40 @@ pub fn query_bool(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
     let Some(text) = value else {
         return Ok(false);
     };
-    coerce_bool(&json!(text)).ok_or_else(|| {
-        ApiError::validation(field_error(
+    match model::coerce(Kind::Bool, json!(text)) {
+        Ok(Value::Bool(value)) => Ok(value),
+        _ => Err(ApiError::validation(field_error(
             json!(["query", name]),
             "bool_parsing",
             "Input should be a valid boolean, unable to interpret input",
             &json!(text),
-        ))
-    })
+        ))),
+    }
 }
 
 /// The JSON schema of a generation model for `/openapi.json`, as FastAPI
 /// writes a pydantic model of Optional fields.
 pub fn openapi_schema(route: Route, title: &str) -> Value {
     let properties: Map<String, Value> = fields(route)
-        .map(|&(name, kind, default)| {
-            let mut property = Map::new();
-            property.insert(
-                "anyOf".into(),
-                json!([json_schema_type(kind), {"type": "null"}]),
-            );
-            property.insert("title".into(), json!(title_case(name)));
-            let default: Value = serde_json::from_str(default).unwrap_or(Value::Null);
-            if !default.is_null() {
-                property.insert("default".into(), default);
-            }
-            (name.to_owned(), Value::Object(property))
-        })
+        .map(
+            |&Field {
+                 name,
+                 kind,
+                 default,
+             }| {
+                let mut property = Map::new();
+                property.insert(
+                    "anyOf".into(),
+                    json!([json_schema_type(kind), {"type": "null"}]),
+                );
+                property.insert("title".into(), json!(title_case(name)));
+                let default: Value = serde_json::from_str(default).unwrap_or(Value::Null);
+                if !default.is_null() {
+                    property.insert("default".into(), default);
+                }
+                (name.to_owned(), Value::Object(property))
+            },
+        )
         .collect();
     json!({ "properties": properties, "type": "object", "title": title })
 }

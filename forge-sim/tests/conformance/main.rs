@@ -19,6 +19,7 @@ mod http;
 mod option_values;
 mod options;
 mod progress;
+mod reading;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
