@@ -12,15 +12,15 @@ use axum::response::Response;
 use http::Request;
 use serde_json::{Map, Value};
 
+use crate::backend::forge::Forge;
 use crate::config::ClientMemoryOptions;
+use crate::decide::body::{read_body, set_length, GenerationBody, Head};
+use crate::decide::plan::{self, same_value, Inputs, PROXY_OWNED, RELOAD_ON_PRESENCE};
 use crate::decisions::Decision;
 use crate::error::{respond, ProxyError};
-use crate::forge::Forge;
 use crate::generation::{current_options, note_profile, read_vram};
-use crate::inspect::{read_body, set_length, GenerationBody, Head};
-use crate::observe::request_id;
-use crate::plan::{self, same_value, Inputs, PROXY_OWNED, RELOAD_ON_PRESENCE};
-use crate::routes::{forward_to, forward_to_backend, RouteKind};
+use crate::proxy::observe::request_id;
+use crate::proxy::{forward_to, forward_to_backend, RouteKind};
 use crate::state::AppState;
 
 pub async fn handle(

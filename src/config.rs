@@ -17,9 +17,9 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
-use crate::nvml::GpuSelector;
-use crate::policy::MemoryPolicy;
-use crate::profile::{Pattern, ProfileMatch};
+use crate::backend::nvml::GpuSelector;
+use crate::decide::policy::MemoryPolicy;
+use crate::decide::profile::{Pattern, ProfileMatch};
 
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "FORGE_VRAM_PROXY_";

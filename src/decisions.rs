@@ -7,10 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::plan::Plan;
-use crate::policy::MemoryDecision;
-use crate::profile::Reason;
-use crate::vram::VramReading;
+use crate::backend::vram::VramReading;
+use crate::decide::plan::Plan;
+use crate::decide::policy::MemoryDecision;
+use crate::decide::profile::Reason;
 
 /// How many decisions `/proxy/status` shows.
 pub const KEPT: usize = 50;

@@ -10,8 +10,8 @@ use axum::Json;
 use http::StatusCode;
 use serde_json::json;
 
-use crate::forge::ForgeError;
-use crate::profile::UnknownProfile;
+use crate::backend::forge::ForgeError;
+use crate::decide::profile::UnknownProfile;
 use crate::scheduler::Refused;
 
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use forge_vram_proxy::backend::nvml::{format_gpus, Nvml};
 use forge_vram_proxy::config::{self, OverrideLog, Overrides};
-use forge_vram_proxy::nvml::{format_gpus, Nvml};
-use forge_vram_proxy::observe::init_tracing;
+use forge_vram_proxy::proxy::observe::init_tracing;
 use forge_vram_proxy::server::{check_health, shutdown_signal};
 use forge_vram_proxy::Config;
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::routes::{app, Proxy};
+use crate::proxy::{app, Proxy};
 use crate::state::AppState;
 
 /// After an accept error other than a failed handshake (e.g. too many open files), wait this
@@ -40,7 +40,7 @@ pub async fn run(
     let grace = config.timeouts.shutdown_grace;
     let state = AppState::build(config).await;
     let background = CancellationToken::new();
-    crate::health::spawn_checks(&state, &background);
+    crate::backend::health::spawn_checks(&state, &background);
     let _stop_background = background.drop_guard();
     let proxy = app(state);
     let stopping = CancellationToken::new();

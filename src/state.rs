@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
+use crate::backend::nvml::{Nvml, NvmlError};
+use crate::backend::vram::VramSource;
 use crate::backend::BackendState;
 use crate::config::Config;
 use crate::decisions::Decisions;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::nvml::{Nvml, NvmlError};
 use crate::scheduler::Scheduler;
-use crate::vram::VramSource;
 
 /// What every handler shares, behind one `Arc`: a clone (axum's `State` makes one per
 /// extractor, several per request) is a single reference count.

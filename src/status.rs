@@ -7,12 +7,12 @@ use axum::Json;
 use http::{header, HeaderValue, Request};
 use serde_json::{json, Value};
 
+use crate::backend::forge::Forge;
+use crate::decide::body::{read_body, GenerationBody};
+use crate::decide::plan::{self, Inputs, INFERENCE_MEMORY};
 use crate::error::ProxyError;
-use crate::forge::Forge;
 use crate::generation::MODEL_TYPE_HEADER;
-use crate::inspect::{read_body, GenerationBody};
 use crate::metrics::CONTENT_TYPE;
-use crate::plan::{self, Inputs, INFERENCE_MEMORY};
 use crate::state::AppState;
 
 /// Each backend: where its readings come from, what it has loaded, what is waiting; and
@@ -31,8 +31,8 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
                 "gpu": backend.config.gpu.to_string(),
                 "vram_source": backend.vram.name(),
                 "vram_source_why": match &backend.vram {
-                    crate::vram::VramSource::Backend { why } => Some(why.clone()),
-                    crate::vram::VramSource::Nvml { .. } => None,
+                    crate::backend::vram::VramSource::Backend { why } => Some(why.clone()),
+                    crate::backend::vram::VramSource::Nvml { .. } => None,
                 },
                 "last_reading": view.last_reading,
                 "reading_error": view.reading_error,

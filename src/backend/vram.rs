@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
+use crate::backend::forge::Forge;
+use crate::backend::nvml::{GpuReading, GpuSelector, Nvml};
 use crate::config::{Backend, VramPreference};
-use crate::forge::Forge;
-use crate::nvml::{GpuReading, GpuSelector, Nvml};
 
 /// A reading, whichever source gave it. Every figure is MiB.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -112,7 +112,7 @@ fn from_nvml(reading: &GpuReading) -> VramReading {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvml::GpuProcess;
+    use crate::backend::nvml::GpuProcess;
 
     #[test]
     fn other_processes_leave_out_the_largest_which_is_forge() {

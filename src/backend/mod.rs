@@ -1,13 +1,21 @@
-//! What the proxy knows of each backend, and the lock that makes its options call and the
-//! generation it prepared one critical section.
+//! One Forge server behind the proxy: what the proxy knows of it, and how it talks to it.
+//!
+//! - [`forge`] — the proxy's own calls to Forge (options, memory).
+//! - [`vram`], [`nvml`] — live VRAM readings: NVML on this host, else the backend's.
+//! - [`health`] — active and passive health checks.
+
+pub mod forge;
+pub mod health;
+pub mod nvml;
+pub mod vram;
 
 use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::backend::vram::{VramReading, VramSource};
 use crate::config::Backend;
-use crate::vram::{VramReading, VramSource};
 
 pub struct BackendState {
     pub config: Backend,

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::decide::policy::RequestSize;
 use crate::error::ProxyError;
-use crate::policy::RequestSize;
 
 /// Reads a body the proxy must inspect, refusing more than `limit` bytes.
 pub async fn read_body(

@@ -5,12 +5,12 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::backend::vram::VramReading;
 use crate::config::{ClientMemoryOptions, Config, Profile};
+use crate::decide::body::{BodyEdits, GenerationBody};
+use crate::decide::policy::{self, Change, MemoryDecision, MemoryPolicy, RequestSize};
+use crate::decide::profile::{self, Hints, Reason};
 use crate::error::ProxyError;
-use crate::inspect::{BodyEdits, GenerationBody};
-use crate::policy::{self, Change, MemoryDecision, MemoryPolicy, RequestSize};
-use crate::profile::{self, Hints, Reason};
-use crate::vram::VramReading;
 
 /// Forge's option for the memory kept free for computation (MiB).
 pub const INFERENCE_MEMORY: &str = "forge_inference_memory";

@@ -102,7 +102,7 @@ fn new_request_id() -> HeaderValue {
 /// The metrics' `route` label: "proxy" for the proxy's own routes, the generation's last path
 /// segment ("txt2img"), "options" for a client's options call, else "pass_through".
 fn metrics_route(config: &Config, method: &Method, path: &str) -> Cow<'static, str> {
-    if path.starts_with(crate::routes::OWN_PREFIX) {
+    if path.starts_with(crate::proxy::OWN_PREFIX) {
         "proxy".into()
     } else if method == Method::POST && config.generation_routes.iter().any(|r| r == path) {
         path.rsplit('/')
@@ -110,7 +110,7 @@ fn metrics_route(config: &Config, method: &Method, path: &str) -> Cow<'static, s
             .unwrap_or("generation")
             .to_owned()
             .into()
-    } else if method == Method::POST && path == crate::routes::OPTIONS_PATH {
+    } else if method == Method::POST && path == crate::proxy::OPTIONS_PATH {
         "options".into()
     } else {
         "pass_through".into()

@@ -12,17 +12,17 @@ use http::header::{HeaderName, HeaderValue};
 use http::Request;
 use serde_json::{Map, Value};
 
+use crate::backend::forge::{Forge, ForgeError};
+use crate::backend::vram::VramReading;
 use crate::backend::BackendState;
+use crate::decide::body::Head;
+use crate::decide::body::{read_body, set_length, GenerationBody};
+use crate::decide::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
 use crate::decisions::Decision;
 use crate::error::{respond, ProxyError};
-use crate::forge::{Forge, ForgeError};
-use crate::inspect::Head;
-use crate::inspect::{read_body, set_length, GenerationBody};
-use crate::observe::request_id;
-use crate::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
-use crate::routes::{forward_to, forward_to_backend, RouteKind};
+use crate::proxy::observe::request_id;
+use crate::proxy::{forward_to, forward_to_backend, RouteKind};
 use crate::state::AppState;
-use crate::vram::VramReading;
 
 /// The client's explicit profile; removed before forwarding.
 pub const MODEL_TYPE_HEADER: &str = "x-forge-model-type";
@@ -129,7 +129,7 @@ fn unsent_backend_failure(error: &ProxyError) -> Option<String> {
 fn observe_preparing(state: &AppState, index: usize, error: &ProxyError) {
     match (error, unsent_backend_failure(error)) {
         (ProxyError::BackendUnreachable { reason, .. }, _) => {
-            crate::health::observe_unreachable(state, index, reason)
+            crate::backend::health::observe_unreachable(state, index, reason)
         }
         (_, Some(reason)) => state.scheduler.report_health(index, false, reason, false),
         (_, None) => {}
@@ -144,17 +144,17 @@ fn request_profile(
 ) -> Result<Option<usize>, ProxyError> {
     let overrides = body.override_settings();
     let text = |key: &str| overrides.get(key).and_then(Value::as_str);
-    let (index, reason) = crate::profile::resolve(
+    let (index, reason) = crate::decide::profile::resolve(
         &state.config.profiles,
         state.config.default_profile,
-        &crate::profile::Hints {
+        &crate::decide::profile::Hints {
             header,
             override_checkpoint: text("sd_model_checkpoint"),
             override_preset: text("forge_preset"),
             backend_checkpoint: None,
         },
     )?;
-    Ok((reason != crate::profile::Reason::Default).then_some(index))
+    Ok((reason != crate::decide::profile::Reason::Default).then_some(index))
 }
 
 /// One attempt on backend `index`: inside its critical section, prepare and forward.

@@ -13,11 +13,14 @@ use http::{Method, Request, StatusCode};
 use serde_json::json;
 use tower::ServiceExt;
 
+pub mod observe;
+
+use crate::backend::health;
 use crate::error::{respond, ProxyError};
 use crate::forward::Route;
-use crate::observe::observe;
+use crate::proxy::observe::observe;
 use crate::state::AppState;
-use crate::{client_options, generation, health, status};
+use crate::{client_options, generation, status};
 
 /// Forge's options route: a client's POST there is inspected (memory keys, checkpoint).
 pub const OPTIONS_PATH: &str = "/sdapi/v1/options";

@@ -1,0 +1,11 @@
+//! The proxy's decisions, as plain functions of data: no I/O here.
+//!
+//! - [`body`] — what a generation body says, read as Forge reads it, and its rewriting.
+//! - [`profile`] — which profile (model family) a generation needs.
+//! - [`policy`] — what `forge_inference_memory` a profile needs on a card.
+//! - [`plan`] — the whole decision for one generation: profile, memory, options, body edits.
+
+pub mod body;
+pub mod plan;
+pub mod policy;
+pub mod profile;
