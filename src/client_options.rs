@@ -2,50 +2,76 @@
 //!
 //! The proxy owns the memory keys: a client that posts them (Open WebUI posts back the whole
 //! options dict, stale memory value included, to change the checkpoint) has them removed,
-//! honoured or refused as configured. A checkpoint change goes through the backend's
-//! critical section, with the new profile's memory added to the same call.
+//! honoured or refused as configured. Every backend gets the change, as one Forge would.
+//!
+//! On each backend the call takes its turn like a generation (the scheduler's grant, shown
+//! in `/proxy/status`): nothing a client changes lands between the proxy's options call and
+//! the generation it prepared. A checkpoint is resolved as Forge resolves it; a change to
+//! another checkpoint carries the new profile's memory in the same call. A name Forge does
+//! not know goes to Forge as posted, which answers its 500, and the proxy adds nothing.
 
 use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::response::Response;
+use forge_schema::body::{self as python, NonFinite, RawObject};
 use http::Request;
 use serde_json::{Map, Value};
 
-use crate::backend::forge::Forge;
+use crate::backend::forge::{key, Forge};
 use crate::config::ClientMemoryOptions;
-use crate::decide::body::{read_body, set_length, GenerationBody, Head};
-use crate::decide::plan::{self, same_value, Inputs, PROXY_OWNED, RELOAD_ON_PRESENCE};
+use crate::decide::body::GenerationBody;
+use crate::decide::plan::{self, same_value, Inputs, Named, PROXY_OWNED, RELOAD_ON_PRESENCE};
+use crate::decide::profile;
 use crate::decisions::Decision;
 use crate::error::{respond, ProxyError};
-use crate::generation::{current_options, note_profile, read_vram};
+use crate::generation::prepare::{current_options, observe_preparing, read_vram};
+use crate::generation::respond::note_profile;
 use crate::proxy::observe::request_id;
-use crate::proxy::{forward_to, forward_to_backend, RouteKind};
+use crate::proxy::pass_through;
+use crate::proxy::request::{read_body, set_length, Head};
+use crate::scheduler::Follow;
 use crate::state::AppState;
 
-pub async fn handle(
-    state: AppState,
-    client_ip: Option<IpAddr>,
-    request: Request<Body>,
-) -> Response {
+pub async fn handle(state: AppState, client: Option<IpAddr>, request: Request<Body>) -> Response {
     respond(
-        set_options(&state, client_ip, request).await,
+        set_options(&state, client, request).await,
         "options call refused",
     )
 }
 
+/// The posted changes, in the order Forge applies them, when Forge reads the body as an
+/// object of plain values; `None` leaves the body to Forge as it is.
+fn read_changes(head: &Head, bytes: &[u8]) -> Option<Map<String, Value>> {
+    if !python::is_json_content_type(head.content_type()) {
+        return None;
+    }
+    let text = python::decode_text(bytes).ok()?;
+    let object = RawObject::parse(&text).ok()??;
+    let mut changes = Map::new();
+    for (name, span) in object.members() {
+        let (value, non_finite) = python::to_value(&text[span]).ok()?;
+        if non_finite != NonFinite::None {
+            return None;
+        }
+        changes.insert(name.to_owned(), value);
+    }
+    Some(changes)
+}
+
 async fn set_options(
     state: &AppState,
-    client_ip: Option<IpAddr>,
+    client: Option<IpAddr>,
     request: Request<Body>,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
+    let head = Head::of(&parts);
     let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
-    let Ok(Value::Object(mut changes)) = serde_json::from_slice::<Value>(&bytes) else {
-        let request = Request::from_parts(parts, Body::from(bytes));
-        return Ok(forward_to_backend(state, client_ip, request, RouteKind::PassThrough).await);
+    let Some(mut changes) = read_changes(&head, &bytes) else {
+        let request = head.request(head.headers.clone(), Body::from(bytes));
+        return Ok(pass_through::forward(state, client, request, Follow::Any).await);
     };
-    let posted = changes.len();
+    let posted = changes.clone();
     let owned: Vec<String> = PROXY_OWNED
         .iter()
         .filter(|key| changes.contains_key(**key))
@@ -67,40 +93,34 @@ async fn set_options(
         }
         ClientMemoryOptions::Honor => {}
     }
+    let call = Call {
+        state,
+        client,
+        head: &head,
+        original: &bytes,
+        posted,
+    };
 
     // Every healthy backend gets the change, as one Forge would: a client that sets options
     // means "the server", and behind the proxy that is all of them. The first backend's
     // answer goes back to the client.
-    let head = Head::of(&parts);
     let mut targets: Vec<usize> = (0..state.backends.len())
         .filter(|i| state.scheduler.is_healthy(*i))
         .collect();
     if targets.is_empty() {
-        targets.push(
-            state
-                .scheduler
-                .pass_through_backend(head.uri.path(), client_ip),
-        );
+        targets.push(state.scheduler.pass_through_backend(Follow::Any, client));
     }
     let mut first = None;
     for index in targets {
-        let answer = apply_to(
-            state,
-            client_ip,
-            &head,
-            &bytes,
-            changes.clone(),
-            posted,
-            index,
-        )
-        .await;
+        let answer = call.apply_to(index, changes.clone()).await;
+        let url = &state.backends[index].config.url;
         match (&first, answer) {
             (None, answer) => first = Some(answer),
             (Some(_), Ok(response)) if !response.status().is_success() => {
-                tracing::warn!(backend = %state.backends[index].config.url, status = %response.status(), "options call failed on a further backend");
+                tracing::warn!(backend = %url, status = %response.status(), "options call failed on a further backend");
             }
             (Some(_), Err(error)) => {
-                tracing::warn!(backend = %state.backends[index].config.url, error = %error, "options call failed on a further backend");
+                tracing::warn!(backend = %url, error = %error, "options call failed on a further backend");
             }
             (Some(_), Ok(_)) => {}
         }
@@ -112,103 +132,169 @@ async fn set_options(
     })
 }
 
-/// The client's options call on backend `index`.
-async fn apply_to(
-    state: &AppState,
-    client_ip: Option<IpAddr>,
-    head: &Head,
-    bytes: &bytes::Bytes,
-    mut changes: Map<String, Value>,
-    posted: usize,
-    index: usize,
-) -> Result<Response, ProxyError> {
-    let backend = &state.backends[index];
-    let forge = Forge::for_client(&state.forwarder, &backend.config, &head.headers);
-    let known = backend.known_options();
-    let checkpoint = changes
-        .get("sd_model_checkpoint")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let checkpoint_changes = match (&checkpoint, &known) {
-        (None, _) => false,
-        (Some(new), Some(known)) => {
-            known.get("sd_model_checkpoint").and_then(Value::as_str) != Some(new)
-        }
-        (Some(_), None) => true,
-    };
+/// One client's options call, sent to each backend in turn.
+struct Call<'a> {
+    state: &'a AppState,
+    client: Option<IpAddr>,
+    head: &'a Head,
+    /// The client's body, sent as it is when the proxy changes nothing in it.
+    original: &'a bytes::Bytes,
+    /// The keys and values the client posted.
+    posted: Map<String, Value>,
+}
 
-    if !checkpoint_changes {
-        if let Some(known) = &known {
-            drop_unchanged_reload_keys(&mut changes, known);
-        }
-        let modified = changes.len() != posted;
-        let sent = changes.clone();
-        let response = send(state, client_ip, head, bytes, changes, modified, index).await?;
-        if response.status().is_success() {
-            backend.applied(&sent);
-        }
-        return Ok(response);
-    }
-
-    // A checkpoint change: the proxy's options and this call form one critical section.
-    let _critical = backend.generation_lock.lock().await;
-    let current = current_options(state, backend, &forge).await?;
-    drop_unchanged_reload_keys(&mut changes, &current);
-    let reading = read_vram(state, backend, &forge).await;
-    let probe = serde_json::json!({"override_settings": {"sd_model_checkpoint": checkpoint}});
-    let probe = probe.to_string();
-    let body = GenerationBody::parse(probe.as_bytes()).ok_or_else(|| ProxyError::ClientBody {
-        reason: "cannot describe the checkpoint change".to_owned(),
-    })?;
-    let plan = plan::plan(
-        &state.config,
-        &Inputs {
-            header: None,
-            body: &body,
-            current: &current,
-            reading: reading.as_ref(),
-        },
-    )?;
-    // The profile's options replace values the client merely echoed (unchanged from the
-    // backend's); a value the client really changes wins.
-    for (key, value) in &plan.options {
-        let echoed = match (changes.get(key), current.get(key)) {
-            (None, _) => true,
-            (Some(posted), Some(now)) => same_value(posted, now),
-            (Some(_), None) => false,
+impl Call<'_> {
+    /// The call on backend `index`, in its turn.
+    async fn apply_to(
+        &self,
+        index: usize,
+        mut changes: Map<String, Value>,
+    ) -> Result<Response, ProxyError> {
+        let state = self.state;
+        let backend = &state.backends[index];
+        let reader = Forge::reading_for(&state.forwarder, &backend.config, &self.head.headers);
+        let name = changes
+            .get(key::CHECKPOINT)
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let catalog = match &name {
+            Some(name) => backend.catalog_knowing(&reader, &[name]).await,
+            None => None,
         };
-        if echoed {
-            changes.insert(key.clone(), value.clone());
+        let named = name
+            .as_deref()
+            .map(|name| Named::resolve(catalog.as_deref(), name));
+        if named == Some(Named::Unknown) || changes.is_empty() {
+            // Nothing to hold the backend for; an unknown checkpoint: Forge applies the keys
+            // before it in order, then answers 500, and what it has afterwards is not known.
+            let response = self.send(index, changes).await;
+            backend.forget_options();
+            return response;
         }
-    }
-    let request_id = request_id(&head.headers).to_owned();
-    let sent = changes.clone();
-    let modified = sent.len() != posted || !plan.options.is_empty();
-    let response = send(state, client_ip, head, bytes, changes, modified, index).await?;
-    let ok = response.status().is_success();
-    if ok {
-        backend.applied(&sent);
-        note_profile(state, backend, &plan);
-        state.scheduler.note_loaded(index, plan.profile);
-    } else {
-        backend.forget_options();
-    }
-    state.metrics.options_call(
-        &backend.config.url,
-        if ok { plan.outcome } else { "failed" },
+        let profile = named
+            .as_ref()
+            .and_then(Named::matchable)
+            .and_then(|title| profile::profile_for_checkpoint(&state.config.profiles, title));
+
+        let ticket = state.scheduler.enqueue_on(index, profile, self.client);
+        let (grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
+        state
+            .metrics
+            .queue_wait(&backend.config.url, waited.as_secs_f64());
+        let forge = Forge::for_client(&state.forwarder, &backend.config, &self.head.headers);
+        let current = current_options(state, backend, &forge)
+            .await
+            .inspect_err(|error| observe_preparing(state, index, error))?;
+        drop_unchanged_reload_keys(&mut changes, &current);
+        let changes_checkpoint = match (&name, current.get(key::CHECKPOINT).and_then(Value::as_str))
+        {
+            (None, _) => false,
+            (Some(new), Some(now)) => {
+                new != now
+                    && catalog
+                        .as_deref()
+                        .is_none_or(|c| c.resolve(new) != c.resolve(now))
+            }
+            (Some(_), None) => true,
+        };
+        if !changes_checkpoint {
+            let sent = changes.clone();
+            let response = self.send(index, changes).await?;
+            if response.status().is_success() {
+                backend.applied(&sent);
+            } else {
+                backend.forget_options();
+            }
+            drop(grant);
+            return Ok(response);
+        }
+
+        // A checkpoint change: the new profile's memory goes in the same call.
+        let reading = read_vram(state, backend, &reader).await;
+        let probe = serde_json::json!({"override_settings": {"sd_model_checkpoint": name}});
+        let probe = probe.to_string();
+        let body =
+            GenerationBody::parse(probe.as_bytes()).ok_or_else(|| ProxyError::ClientBody {
+                reason: "cannot describe the checkpoint change".to_owned(),
+            })?;
+        let plan = plan::plan(
+            &state.config,
+            &Inputs {
+                model_type: None,
+                body: &body,
+                current: &current,
+                catalog: catalog.as_deref(),
+                reading: reading.as_ref(),
+            },
+        )?;
+        // The profile's options replace values the client merely echoed (unchanged from the
+        // backend's); a value the client really changes wins.
+        for (key, value) in &plan.options {
+            let echoed = match (changes.get(key), current.get(key)) {
+                (None, _) => true,
+                (Some(posted), Some(now)) => same_value(posted, now),
+                (Some(_), None) => false,
+            };
+            if echoed {
+                changes.insert(key.clone(), value.clone());
+            }
+        }
+        let sent = changes.clone();
+        let response = self.send(index, changes).await?;
+        let ok = response.status().is_success();
         if ok {
-            plan.reason
+            backend.applied(&sent);
+            note_profile(state, backend, &plan);
+            state.scheduler.note_loaded(index, plan.profile);
         } else {
-            "options_call_failed"
-        },
-    );
-    let decision = Decision::of(&plan, "options", &request_id, &backend.config.url, reading);
-    state.decisions.record(if ok {
-        decision
-    } else {
-        decision.failed(format!("backend answered {}", response.status()))
-    });
-    Ok(response)
+            backend.forget_options();
+        }
+        let (outcome, reason) = if ok {
+            (plan.outcome.as_str(), plan.reason.as_str())
+        } else {
+            ("failed", "options_call_failed")
+        };
+        state
+            .metrics
+            .options_call(&backend.config.url, outcome, reason);
+        let decision = Decision::of(
+            &plan,
+            "options",
+            request_id(&self.head.headers),
+            &backend.config.url,
+            reading,
+        );
+        state.decisions.record(if ok {
+            decision
+        } else {
+            decision.failed(format!("backend answered {}", response.status()))
+        });
+        drop(grant);
+        Ok(response)
+    }
+
+    /// Forwards the call to backend `index`: the client's original bytes, unless the proxy
+    /// changed the keys.
+    async fn send(
+        &self,
+        index: usize,
+        changes: Map<String, Value>,
+    ) -> Result<Response, ProxyError> {
+        let mut headers = self.head.headers.clone();
+        let body = if changes == self.posted {
+            self.original.clone()
+        } else {
+            let bytes = bytes::Bytes::from(Value::Object(changes).to_string());
+            set_length(&mut headers, bytes.len());
+            bytes
+        };
+        let request = self.head.request(headers, Body::from(body));
+        let timeout = self
+            .state
+            .config
+            .pass_through_timeout(crate::backend::forge::path::OPTIONS);
+        pass_through::forward_to(self.state, index, self.client, request, timeout).await
+    }
 }
 
 /// `forge_async_loading` / `forge_pin_shared_memory` posted back unchanged would still make
@@ -221,27 +307,4 @@ fn drop_unchanged_reload_keys(changes: &mut Map<String, Value>, current: &Map<St
             }
         }
     }
-}
-
-/// Forwards the client's call to backend `index`, with its original bytes unless the
-/// proxy changed them.
-async fn send(
-    state: &AppState,
-    client_ip: Option<IpAddr>,
-    head: &Head,
-    original: &bytes::Bytes,
-    changes: Map<String, Value>,
-    modified: bool,
-    index: usize,
-) -> Result<Response, ProxyError> {
-    let mut headers = head.headers.clone();
-    let body = if !modified {
-        original.clone()
-    } else {
-        let bytes = bytes::Bytes::from(Value::Object(changes).to_string());
-        set_length(&mut headers, bytes.len());
-        bytes
-    };
-    let request = head.request(headers, Body::from(body));
-    forward_to(state, index, client_ip, request, RouteKind::PassThrough).await
 }

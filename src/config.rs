@@ -246,6 +246,21 @@ pub struct RawLimits {
 pub struct RawGeneration {
     /// Paths handled as generations (POST only).
     pub routes: Vec<String>,
+    /// When a client goes away from a generation Forge is running: `finish` (Forge goes on,
+    /// as it does without the proxy) or `interrupt` (the proxy asks Forge to stop). Either
+    /// way the backend stays held until Forge has answered.
+    pub on_client_disconnect: OnClientDisconnect,
+}
+
+/// What the proxy does when a client leaves a generation Forge is running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnClientDisconnect {
+    /// Forge finishes it, as it does when its own client goes away.
+    #[default]
+    Finish,
+    /// The proxy sends `POST /sdapi/v1/interrupt` to the backend, then waits for the end.
+    Interrupt,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,6 +368,7 @@ impl Default for RawGeneration {
     fn default() -> Self {
         Self {
             routes: DEFAULT_GENERATION_ROUTES.map(str::to_owned).to_vec(),
+            on_client_disconnect: OnClientDisconnect::default(),
         }
     }
 }
@@ -375,6 +391,7 @@ pub struct Config {
     pub max_request_body: u64,
     pub max_inspected_body: u64,
     pub generation_routes: Vec<String>,
+    pub on_client_disconnect: OnClientDisconnect,
     pub log_format: LogFormat,
     pub log_level: String,
     pub nvml_library: Option<std::path::PathBuf>,
@@ -804,6 +821,7 @@ impl TryFrom<RawConfig> for Config {
             max_request_body,
             max_inspected_body,
             generation_routes: raw.generation.routes.clone(),
+            on_client_disconnect: raw.generation.on_client_disconnect,
             log_format,
             log_level: raw.log.level.clone(),
             nvml_library: raw.nvml_library.as_ref().map(std::path::PathBuf::from),
@@ -996,11 +1014,9 @@ impl Config {
         self.max_inspected_body.min(self.max_request_body)
     }
 
-    /// How long to wait for the backend's response headers on `path`.
-    pub fn timeout_for(&self, path: &str, generation: bool) -> Option<Duration> {
-        if generation {
-            return self.timeouts.generation;
-        }
+    /// How long to wait for the backend's response headers on `path` (percent-decoded),
+    /// for a request that is not a generation (those wait `timeouts.generation`).
+    pub fn pass_through_timeout(&self, path: &str) -> Option<Duration> {
         match self.timeouts.routes.get(path) {
             Some(t) => *t,
             None => self.timeouts.request,
@@ -1100,13 +1116,13 @@ mod tests {
             "[timeouts]\nrequest = \"off\"\n[timeouts.routes]\n\"/sdapi/v1/progress\" = \"2s\"\n\"/slow\" = \"0s\"\n",
         )
         .unwrap();
-        assert_eq!(config.timeout_for("/anything", false), None);
+        assert_eq!(config.pass_through_timeout("/anything"), None);
         assert_eq!(
-            config.timeout_for("/sdapi/v1/progress", false),
+            config.pass_through_timeout("/sdapi/v1/progress"),
             Some(Duration::from_secs(2))
         );
-        assert_eq!(config.timeout_for("/slow", false), None);
-        assert_eq!(config.timeout_for("/sdapi/v1/progress", true), None);
+        assert_eq!(config.pass_through_timeout("/slow"), None);
+        assert_eq!(config.timeouts.generation, None);
     }
 
     #[test]

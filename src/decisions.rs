@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::backend::vram::VramReading;
-use crate::decide::plan::Plan;
+use crate::decide::plan::{Outcome, Plan, Why};
 use crate::decide::policy::MemoryDecision;
 use crate::decide::profile::Reason;
 
@@ -25,15 +25,19 @@ pub struct Decision {
     pub backend: String,
     pub profile: String,
     pub why_profile: Reason,
+    /// A checkpoint name the request gave that Forge does not know (Forge ignores it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_checkpoint: Option<String>,
     pub reading: Option<VramReading>,
     /// The computed split, when there was a reading (or a fixed policy).
     pub computed: Option<MemoryDecision>,
     /// The options sent to Forge (empty when none were needed).
     pub options_sent: Map<String, Value>,
-    /// `applied`, `skipped` or `failed`.
-    pub outcome: &'static str,
-    /// Why: `changed`, `same`, `within_hysteresis`, `no_vram_reading`, `client_value`, or the error.
-    pub reason: String,
+    pub outcome: Outcome,
+    pub reason: Why,
+    /// What went wrong, when the options call failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Decision {
@@ -55,18 +59,21 @@ impl Decision {
             backend: backend.to_owned(),
             profile: plan.profile_name.clone(),
             why_profile: plan.why_profile.clone(),
+            unknown_checkpoint: plan.unknown_checkpoint.clone(),
             reading,
             computed: plan.computed.clone(),
             options_sent: plan.options.clone(),
             outcome: plan.outcome,
-            reason: plan.reason.to_owned(),
+            reason: plan.reason,
+            error: None,
         }
     }
 
     /// The same decision, whose options call failed.
-    pub fn failed(mut self, reason: String) -> Self {
-        self.outcome = "failed";
-        self.reason = reason;
+    pub fn failed(mut self, error: String) -> Self {
+        self.outcome = Outcome::Failed;
+        self.reason = Why::OptionsCallFailed;
+        self.error = Some(error);
         self
     }
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::backend::forge::ForgeError;
 use crate::decide::profile::UnknownProfile;
+use crate::forward::CallAnswer;
 use crate::scheduler::Refused;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,14 @@ pub enum ProxyError {
 
     #[error("{0}")]
     Refused(Refused),
+
+    /// Forge refused the client's credentials to one of the calls the proxy made for it:
+    /// the client gets Forge's own answer, as it would without the proxy.
+    #[error("backend {backend} refused the client's credentials: {}", .answer.status)]
+    BackendDenied {
+        backend: String,
+        answer: Box<CallAnswer>,
+    },
 }
 
 /// A handler's result as a response; the proxy's own errors are logged with `what`.
@@ -85,6 +94,10 @@ impl ProxyError {
                 backend: backend.to_owned(),
                 reason,
             },
+            ForgeError::Denied { answer, .. } => Self::BackendDenied {
+                backend: backend.to_owned(),
+                answer,
+            },
             source => Self::OptionsFailed {
                 backend: backend.to_owned(),
                 source,
@@ -105,6 +118,7 @@ impl ProxyError {
             | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::OptionsFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BackendDenied { answer, .. } => answer.status,
         }
     }
 
@@ -122,12 +136,16 @@ impl ProxyError {
             Self::ClientBody { .. } => "BadRequestBody",
             Self::Refused(Refused::QueueFull { .. }) => "QueueFull",
             Self::Refused(Refused::NoBackend { .. }) => "NoHealthyBackend",
+            Self::BackendDenied { .. } => "BackendDenied",
         }
     }
 }
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
+        if let Self::BackendDenied { answer, .. } = self {
+            return verbatim(*answer);
+        }
         let message = format!("forge-vram-proxy: {self}");
         let body = json!({
             "error": self.kind(),
@@ -156,6 +174,23 @@ impl IntoResponse for ProxyError {
         }
         response
     }
+}
+
+/// Forge's own answer, as Forge sent it: status, the headers a client acts on
+/// (`WWW-Authenticate`, the body's type), and the body.
+fn verbatim(answer: CallAnswer) -> Response {
+    let mut response = Response::new(axum::body::Body::from(answer.body));
+    *response.status_mut() = answer.status;
+    for name in [
+        http::header::WWW_AUTHENTICATE,
+        http::header::CONTENT_TYPE,
+        http::header::CONTENT_ENCODING,
+    ] {
+        for value in answer.headers.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    response
 }
 
 #[cfg(test)]

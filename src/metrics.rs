@@ -100,6 +100,8 @@ struct Inner {
     queue_wait: HistogramFamily<BackendLabels>,
     reloads_avoided: Family<BackendLabels, Counter>,
     retries: Counter,
+    left_to_forge: Counter,
+    clients_gone: Counter,
 }
 
 fn generation_histogram() -> Histogram {
@@ -190,9 +192,25 @@ impl Metrics {
             retries.clone(),
         );
 
+        let left_to_forge = Counter::default();
+        registry.register(
+            "left_to_forge",
+            "Generations Forge refuses (a body it cannot read, a field its model does not validate), forwarded untouched with nothing changed for them",
+            left_to_forge.clone(),
+        );
+
+        let clients_gone = Counter::default();
+        registry.register(
+            "clients_gone",
+            "Generations whose client went away before Forge answered; the backend stayed held until it had",
+            clients_gone.clone(),
+        );
+
         Self {
             inner: Arc::new(Inner {
                 registry,
+                left_to_forge,
+                clients_gone,
                 queue_length,
                 queue_wait,
                 reloads_avoided,
@@ -248,6 +266,16 @@ impl Metrics {
     /// A generation moved to another backend.
     pub fn retry(&self) {
         self.inner.retries.inc();
+    }
+
+    /// A generation Forge will refuse went to it untouched.
+    pub fn left_to_forge(&self) {
+        self.inner.left_to_forge.inc();
+    }
+
+    /// A generation's client went away before Forge answered.
+    pub fn client_gone(&self) {
+        self.inner.clients_gone.inc();
     }
 
     pub fn request(&self, route: impl Into<Cow<'static, str>>, status: u16) {
@@ -609,6 +637,8 @@ mod tests {
         metrics.queue_wait("forge", 0.2);
         metrics.reload_avoided("forge");
         metrics.retry();
+        metrics.left_to_forge();
+        metrics.client_gone();
 
         let scrape = scrape(&metrics);
         let mut documented: Vec<&str> = scrape.docs.keys().map(String::as_str).collect();
@@ -616,8 +646,10 @@ mod tests {
         assert_eq!(
             documented,
             [
+                "forge_proxy_clients_gone_total",
                 "forge_proxy_generation_duration_seconds",
                 "forge_proxy_inference_memory_mib",
+                "forge_proxy_left_to_forge_total",
                 "forge_proxy_options_calls_total",
                 "forge_proxy_profile_switches_total",
                 "forge_proxy_queue_length",

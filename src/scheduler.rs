@@ -12,19 +12,22 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::config::{self, Routing};
 use crate::metrics::Metrics;
 
 /// Before the first generations are measured: a generation.
 const INITIAL_DURATION: Duration = Duration::from_secs(10);
-/// Until a reload has been measured it is taken to cost this many average generations:
-/// an estimate in the backends' own time scale, not a fixed number of seconds.
-const UNMEASURED_RELOAD_FACTOR: u32 = 2;
+/// Until a reload has been measured it is taken to cost this share of the profile's
+/// generation (an estimate in the backends' own time scale, not a fixed number of seconds).
+/// A reload moves weights where a generation samples many steps, so below one: with nothing
+/// learned, an idle backend, even one that must reload, is preferred to a queue.
+const PRIOR_RELOAD_SHARE: f64 = 0.25;
 /// Weight of a new measurement in the running estimates.
 const LEARNING_RATE: f64 = 0.3;
 
@@ -58,7 +61,10 @@ struct Lane {
 
 struct Waiter {
     ticket: u64,
+    work: Work,
     profile: Option<usize>,
+    /// The one backend it must run on (a client's options call for that backend).
+    pinned: Option<usize>,
     arrived: Instant,
     bypassed: u32,
     client: Option<IpAddr>,
@@ -69,9 +75,31 @@ struct Waiter {
 
 struct Running {
     ticket: u64,
+    work: Work,
     profile: Option<usize>,
     started: Instant,
     client: Option<IpAddr>,
+    /// Its client went away; the backend stays held until Forge has finished.
+    client_left: bool,
+}
+
+/// What holds a backend: a generation, or a client's options call that changes its
+/// checkpoint (with the memory the proxy adds). Either is the backend's one critical
+/// section: nothing else is sent to it that changes options or generates meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    Generation,
+    Options,
+}
+
+/// Which backend a request that is not a generation goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// `/progress`, `/interrupt`, `/skip`: the backend running this client's generation.
+    ClientsGeneration,
+    /// Anything else: the first healthy backend, or round robin.
+    Any,
 }
 
 struct Queues {
@@ -182,7 +210,9 @@ impl Scheduler {
         queues.next_ticket += 1;
         let waiter = Waiter {
             ticket: id,
+            work: Work::Generation,
             profile,
+            pinned: None,
             arrived: Instant::now(),
             bypassed: 0,
             client,
@@ -190,13 +220,53 @@ impl Scheduler {
             grant: sender,
         };
         self.place(&mut queues, waiter)?;
-        Ok(Ticket {
+        Ok(self.ticket(id, receiver))
+    }
+
+    /// Queues a client's checkpoint-changing options call on `backend`, whatever its queue
+    /// length (the call takes milliseconds); it waits its turn like a generation, is never
+    /// moved to another backend, and holds `backend` while it runs.
+    pub fn enqueue_on(
+        self: &Arc<Self>,
+        backend: usize,
+        profile: Option<usize>,
+        client: Option<IpAddr>,
+    ) -> Ticket {
+        let (sender, receiver) = oneshot::channel();
+        let mut queues = self.lock();
+        let id = queues.next_ticket;
+        queues.next_ticket += 1;
+        let waiter = Waiter {
+            ticket: id,
+            work: Work::Options,
+            profile,
+            pinned: Some(backend),
+            arrived: Instant::now(),
+            bypassed: 0,
+            client,
+            excluded: Vec::new(),
+            grant: sender,
+        };
+        if let Some(lane) = queues.lanes.get_mut(backend) {
+            lane.waiting.push_back(waiter);
+            self.dispatch(&mut queues, backend);
+            self.publish_lengths(&queues);
+        }
+        self.ticket(id, receiver)
+    }
+
+    fn ticket(
+        self: &Arc<Self>,
+        id: u64,
+        receiver: oneshot::Receiver<Result<Grant, Refused>>,
+    ) -> Ticket {
+        Ticket {
             scheduler: self.clone(),
             id,
             queued_at: Instant::now(),
             receiver,
             settled: false,
-        })
+        }
     }
 
     /// Puts a waiter on the best lane, or refuses it.
@@ -233,7 +303,7 @@ impl Scheduler {
                 let cost = |i: usize| {
                     let lane = &queues.lanes[i];
                     let reload = match waiter.profile {
-                        Some(p) if lane.loaded != Some(p) => self.reload_estimate(queues),
+                        Some(p) if lane.loaded != Some(p) => self.reload_estimate(queues, Some(p)),
                         _ => Duration::ZERO,
                     };
                     self.expected_wait(queues, i) + reload.div_f64(lane.weight)
@@ -279,13 +349,15 @@ impl Scheduler {
         for w in &l.waiting {
             waiting += self.duration_estimate(queues, w.profile);
             if w.profile.is_some() && w.profile != loaded {
-                waiting += self.reload_estimate(queues);
+                waiting += self.reload_estimate(queues, w.profile);
                 loaded = w.profile;
             }
         }
         (running + waiting).div_f64(l.weight)
     }
 
+    /// A generation of `profile`: what was learned for it, else the average of what was
+    /// learned for the others (the backends' own time scale), else [`INITIAL_DURATION`].
     fn duration_estimate(&self, queues: &Queues, profile: Option<usize>) -> Duration {
         let learned = profile.and_then(|p| queues.durations[p]).or_else(|| {
             let (sum, count) = queues
@@ -298,9 +370,14 @@ impl Scheduler {
         learned.map_or(INITIAL_DURATION, Duration::from_secs_f64)
     }
 
-    fn reload_estimate(&self, queues: &Queues) -> Duration {
+    /// A model reload to `profile`: what was learned of reloads, else a share of the
+    /// profile's generation ([`PRIOR_RELOAD_SHARE`]).
+    fn reload_estimate(&self, queues: &Queues, profile: Option<usize>) -> Duration {
         queues.reload.map_or_else(
-            || self.duration_estimate(queues, None) * UNMEASURED_RELOAD_FACTOR,
+            || {
+                self.duration_estimate(queues, profile)
+                    .mul_f64(PRIOR_RELOAD_SHARE)
+            },
             Duration::from_secs_f64,
         )
     }
@@ -336,9 +413,11 @@ impl Scheduler {
                 matches!((waiter.profile, l.loaded), (Some(p), Some(q)) if p != q);
             l.running = Some(Running {
                 ticket: waiter.ticket,
+                work: waiter.work,
                 profile: waiter.profile,
                 started: Instant::now(),
                 client: waiter.client,
+                client_left: false,
             });
             if waiter.profile.is_some() {
                 l.loaded = waiter.profile;
@@ -373,7 +452,6 @@ impl Scheduler {
             return false;
         }
         let fifo = self.config.max_bypass == 0;
-        let reload = self.reload_estimate(queues);
         let mut best: Option<(usize, usize, bool, Instant)> = None;
         for (o, other) in queues.lanes.iter().enumerate() {
             if o == lane {
@@ -386,9 +464,10 @@ impl Scheduler {
             for (i, w) in other.waiting.iter().enumerate() {
                 let wait_there = ahead;
                 ahead += self.duration_estimate(queues, w.profile);
-                if w.excluded.contains(&lane) || !here.takes(w.profile) {
+                if w.pinned.is_some() || w.excluded.contains(&lane) || !here.takes(w.profile) {
                     continue;
                 }
+                let reload = self.reload_estimate(queues, w.profile);
                 let matches =
                     w.profile.is_none() || here.loaded.is_none() || w.profile == here.loaded;
                 if !fifo && !matches && wait_there <= reload {
@@ -580,14 +659,10 @@ impl Scheduler {
     /// follow the client's running generation: the backend running one from the same
     /// address, else the only busy backend; everything else (and those, failing that) goes
     /// to the first healthy backend, or round robin over the healthy ones.
-    pub fn pass_through_backend(&self, path: &str, client: Option<IpAddr>) -> usize {
+    pub fn pass_through_backend(&self, follow: Follow, client: Option<IpAddr>) -> usize {
         // On every request: no allocation, one short lock.
         let mut queues = self.lock();
-        let follows_generation = matches!(
-            path,
-            "/sdapi/v1/progress" | "/sdapi/v1/interrupt" | "/sdapi/v1/skip"
-        );
-        if follows_generation {
+        if follow == Follow::ClientsGeneration {
             let running = || {
                 queues
                     .lanes
@@ -631,8 +706,10 @@ impl Scheduler {
                     health: l.health_note.clone(),
                     loaded_profile: name(l.loaded),
                     running: l.running.as_ref().map(|r| RunningStatus {
+                        work: r.work,
                         profile: name(r.profile),
                         for_ms: r.started.elapsed().as_millis() as u64,
+                        client_left: r.client_left,
                     }),
                     queue: l
                         .waiting
@@ -685,8 +762,11 @@ pub struct LaneStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunningStatus {
+    pub work: Work,
     pub profile: Option<String>,
     pub for_ms: u64,
+    /// The client went away; Forge is finishing the work, the backend stays held.
+    pub client_left: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -712,7 +792,10 @@ fn candidates<'a>(
     skip: Option<usize>,
 ) -> impl Iterator<Item = usize> + 'a {
     (0..queues.lanes.len()).filter(move |i| {
-        Some(*i) != skip && !waiter.excluded.contains(i) && queues.lanes[*i].takes(waiter.profile)
+        Some(*i) != skip
+            && waiter.pinned.is_none_or(|p| p == *i)
+            && !waiter.excluded.contains(i)
+            && queues.lanes[*i].takes(waiter.profile)
     })
 }
 
@@ -747,6 +830,18 @@ impl Grant {
     pub fn completed(&self, took: Duration) {
         self.scheduler
             .learn(self.profile, took, self.switches_profile);
+    }
+
+    /// The client of this work went away: `/proxy/status` shows the backend still held.
+    pub fn note_client_left(&self) {
+        let mut queues = self.scheduler.lock();
+        if let Some(running) = queues.lanes[self.backend]
+            .running
+            .as_mut()
+            .filter(|r| r.ticket == self.ticket)
+        {
+            running.client_left = true;
+        }
     }
 }
 
@@ -926,59 +1021,159 @@ mod tests {
         let s = scheduler("");
         let alice: IpAddr = "10.0.0.1".parse().unwrap();
         let bob: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(s.pass_through_backend("/sdapi/v1/progress", Some(alice)), 0);
+        assert_eq!(
+            s.pass_through_backend(Follow::ClientsGeneration, Some(alice)),
+            0
+        );
         let running = grant(s.enqueue(SD15, Some(alice), &[0]).unwrap()).await;
         assert_eq!(running.backend(), 1);
         // The only busy backend, for anyone; the options call goes to the first healthy one.
-        assert_eq!(s.pass_through_backend("/sdapi/v1/progress", Some(bob)), 1);
-        assert_eq!(s.pass_through_backend("/sdapi/v1/options", Some(alice)), 0);
+        assert_eq!(
+            s.pass_through_backend(Follow::ClientsGeneration, Some(bob)),
+            1
+        );
+        assert_eq!(s.pass_through_backend(Follow::Any, Some(alice)), 0);
         let other = grant(s.enqueue(FLUX, Some(bob), &[]).unwrap()).await;
         assert_eq!(other.backend(), 0);
-        assert_eq!(s.pass_through_backend("/sdapi/v1/progress", Some(alice)), 1);
-        assert_eq!(s.pass_through_backend("/sdapi/v1/skip", Some(bob)), 0);
+        assert_eq!(
+            s.pass_through_backend(Follow::ClientsGeneration, Some(alice)),
+            1
+        );
+        assert_eq!(
+            s.pass_through_backend(Follow::ClientsGeneration, Some(bob)),
+            0
+        );
 
         let round_robin = scheduler("[scheduler]\npass_through = \"round_robin\"\n");
         let picks: Vec<usize> = (0..4)
-            .map(|_| round_robin.pass_through_backend("/sdapi/v1/options", None))
+            .map(|_| round_robin.pass_through_backend(Follow::Any, None))
             .collect();
         assert_eq!(picks, [1, 0, 1, 0]);
         round_robin.report_health(1, false, "down".into(), true);
-        assert_eq!(
-            round_robin.pass_through_backend("/sdapi/v1/options", None),
-            0
-        );
+        assert_eq!(round_robin.pass_through_backend(Follow::Any, None), 0);
     }
 
     #[tokio::test]
     async fn a_free_backend_takes_work_queued_behind_a_busy_one() {
-        for (config, stolen) in [("[scheduler]\nmax_bypass = 0\n", true), ("", false)] {
+        tokio::time::pause();
+        for config in ["[scheduler]\nmax_bypass = 0\n", ""] {
             let s = scheduler(config);
             let flux = grant(s.enqueue(FLUX, None, &[1]).unwrap()).await;
             let sd = grant(s.enqueue(SD15, None, &[0]).unwrap()).await;
-            // Affinity places it behind the sd15 backend (10 s) rather than on the flux
-            // one (10 s + a reload, 20 s until one is measured).
+            // Nothing learned: it waits behind the sd15 backend (10 s) rather than on the
+            // flux one (10 s + a reload, a quarter of a generation until one is measured)...
             let waiting = s.enqueue(SD15, None, &[]).unwrap();
             assert_eq!(s.snapshot().backends[1].queue.len(), 1);
             drop(flux);
+            // ...and once the flux backend is free, an unknown wait is longer than a reload
+            // there: first come first served and affinity alike take it at once.
             let now = s.snapshot();
-            if stolen {
-                // First come, first served: the free backend takes the oldest it may serve.
-                assert_eq!(
-                    now.backends[0].running.as_ref().unwrap().profile.as_deref(),
-                    Some("sd15")
-                );
-                assert!(now.backends[1].queue.is_empty());
-                assert_eq!(grant(waiting).await.backend(), 0);
-            } else {
-                // Affinity: its wait behind sd15 (under 10 s) is no longer than a reload.
-                assert!(now.backends[0].running.is_none());
-                assert_eq!(now.backends[1].queue.len(), 1);
-                drop(sd);
-                assert_eq!(grant(waiting).await.backend(), 1);
-                continue;
-            }
+            assert_eq!(
+                now.backends[0].running.as_ref().unwrap().profile.as_deref(),
+                Some("sd15"),
+                "{config}"
+            );
+            assert!(now.backends[1].queue.is_empty());
+            assert_eq!(grant(waiting).await.backend(), 0);
             drop(sd);
         }
+    }
+
+    #[tokio::test]
+    async fn affinity_keeps_work_behind_a_short_wait_when_a_reload_costs_more() {
+        tokio::time::pause();
+        let s = scheduler("");
+        // Learned: an sd15 generation takes 1 s, a reload 30 s.
+        {
+            let mut queues = s.lock();
+            queues.durations[2] = Some(1.0);
+            queues.reload = Some(30.0);
+        }
+        let flux = grant(s.enqueue(FLUX, None, &[1]).unwrap()).await;
+        let sd = grant(s.enqueue(SD15, None, &[0]).unwrap()).await;
+        let waiting = s.enqueue(SD15, None, &[]).unwrap();
+        drop(flux);
+        // Its wait behind sd15 (under 1 s) is shorter than a reload on the flux backend.
+        let now = s.snapshot();
+        assert!(now.backends[0].running.is_none());
+        assert_eq!(now.backends[1].queue.len(), 1);
+        drop(sd);
+        assert_eq!(grant(waiting).await.backend(), 1);
+    }
+
+    #[tokio::test]
+    async fn max_wait_ends_reordering_past_a_request_that_waited_too_long() {
+        tokio::time::pause();
+        for (config, first) in [
+            ("[scheduler]\nmax_bypass = 100\nmax_wait = \"5s\"\n", "sdxl"),
+            (
+                "[scheduler]\nmax_bypass = 100\nmax_wait = \"60s\"\n",
+                "sd15",
+            ),
+        ] {
+            let s = scheduler(config);
+            let running = grant(s.enqueue(SD15, None, &[0]).unwrap()).await;
+            let older = s.enqueue(SDXL, None, &[0]).unwrap();
+            let loaded = s.enqueue(SD15, None, &[0]).unwrap();
+            tokio::time::advance(Duration::from_secs(6)).await;
+            drop(running);
+            let now = s.snapshot();
+            assert_eq!(
+                now.backends[1].running.as_ref().unwrap().profile.as_deref(),
+                Some(first),
+                "{config}"
+            );
+            drop((older, loaded));
+        }
+    }
+
+    /// Eight generations, flux and sd15 in turn, on two idle backends that serve both;
+    /// each runs for its profile's time. Answers (backend, profile) in the order they ran,
+    /// and when the last one ended.
+    async fn burst(s: &Arc<Scheduler>) -> (Vec<(usize, &'static str)>, Duration) {
+        let started = Instant::now();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (profile, name, seconds) = if i % 2 == 0 {
+                (FLUX, "flux", 4)
+            } else {
+                (SD15, "sd15", 1)
+            };
+            let ticket = s.enqueue(profile, None, &[]).unwrap();
+            let ran = ran.clone();
+            tasks.push(tokio::spawn(async move {
+                let (grant, _) = ticket.granted().await.unwrap();
+                ran.lock().unwrap().push((grant.backend(), name));
+                tokio::time::sleep(Duration::from_secs(seconds)).await;
+                grant.completed(Duration::from_secs(seconds));
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let ran = ran.lock().unwrap().clone();
+        (ran, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_cold_burst_uses_every_idle_backend() {
+        tokio::time::pause();
+        let s = Scheduler::new(
+            &from_toml_str(
+                "[[backends]]\nurl = \"http://a:1\"\n[[backends]]\nurl = \"http://b:1\"\n",
+            )
+            .unwrap(),
+            Metrics::new(),
+        );
+        let (ran, took) = burst(&s).await;
+        let flux_on = |backend: usize| ran.iter().filter(|r| **r == (backend, "flux")).count();
+        assert!(
+            flux_on(0) > 0 && flux_on(1) > 0,
+            "flux ran on both backends: {ran:?}"
+        );
+        // All four flux generations on one backend would take 16 s.
+        assert!(took < Duration::from_secs(16), "{took:?}: {ran:?}");
     }
 
     #[tokio::test]

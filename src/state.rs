@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::task::TaskTracker;
+
 use crate::backend::nvml::{Nvml, NvmlError};
 use crate::backend::vram::VramSource;
 use crate::backend::BackendState;
@@ -33,6 +35,9 @@ pub struct Shared {
     pub scheduler: Arc<Scheduler>,
     /// Why NVML is not used, when it is not (shown on `/proxy/status`).
     pub nvml_error: Option<String>,
+    /// Work that outlives the request that started it: a generation Forge is still running
+    /// after its client left. Shutdown waits for it, within the grace period.
+    pub work: TaskTracker,
 }
 
 impl AppState {
@@ -83,6 +88,7 @@ impl AppState {
             metrics,
             scheduler,
             nvml_error,
+            work: TaskTracker::new(),
         }))
     }
 }

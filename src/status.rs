@@ -7,13 +7,16 @@ use axum::Json;
 use http::{header, HeaderValue, Request};
 use serde_json::{json, Value};
 
+use crate::backend::forge::key;
 use crate::backend::forge::Forge;
-use crate::decide::body::{read_body, GenerationBody};
+use crate::decide::body::GenerationBody;
 use crate::decide::plan::{self, Inputs, INFERENCE_MEMORY};
 use crate::error::ProxyError;
 use crate::generation::MODEL_TYPE_HEADER;
 use crate::metrics::CONTENT_TYPE;
+use crate::proxy::request::{read_body, Head};
 use crate::state::AppState;
+use forge_schema::model::GenerationRoute;
 
 /// Each backend: where its readings come from, what it has loaded, what is waiting; and
 /// the last decisions.
@@ -84,18 +87,28 @@ pub async fn plan(
             path: parts.uri.path().to_owned(),
         });
     }
-    let header = parts
+    let model_type = parts
         .headers
         .get(MODEL_TYPE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let head = Head::of(&parts);
     let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
-    let Some(body) = GenerationBody::parse(&bytes) else {
+    let body = match GenerationBody::read(head.content_type(), &bytes) {
+        Ok(body) => body,
+        Err(unread) => {
+            return Ok(Json(json!({
+                "forwarded_untouched": true,
+                "why": format!("the body is {}; Forge answers it as it would without the proxy", unread.as_str()),
+            })))
+        }
+    };
+    if let Some(refusal) = body.refusal(GenerationRoute::of_path(&path)) {
         return Ok(Json(json!({
             "forwarded_untouched": true,
-            "why": "the body is not a JSON object; Forge answers it as it would without the proxy",
+            "why": format!("Forge will refuse it ({refusal}); nothing is changed for it"),
+            "refusal": refusal,
         })));
-    };
+    }
     // The first healthy backend (else the first): the plan is for one Forge.
     let index = (0..state.backends.len())
         .find(|i| state.scheduler.is_healthy(*i))
@@ -109,13 +122,22 @@ pub async fn plan(
             .await
             .map_err(|source| ProxyError::preparing(&backend.config.url, source))?,
     };
-    let reading = backend.vram.read(&forge).await.ok();
+    let reader = Forge::reading_for(&state.forwarder, &backend.config, &parts.headers);
+    let overrides = body.override_settings();
+    let names: Vec<&str> = [overrides.get(key::CHECKPOINT), current.get(key::CHECKPOINT)]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let catalog = backend.catalog_knowing(&reader, &names).await;
+    let reading = backend.vram.read(&reader).await.ok();
     let plan = plan::plan(
         &state.config,
         &Inputs {
-            header: header.as_deref(),
+            model_type: model_type.as_deref(),
             body: &body,
             current: &current,
+            catalog: catalog.as_deref(),
             reading: reading.as_ref(),
         },
     )?;

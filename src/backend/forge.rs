@@ -1,7 +1,11 @@
-//! The proxy's own calls to Forge: read its options, change them, read its memory.
+//! The proxy's own calls to Forge, and every Forge path and option key the proxy names.
 //!
-//! With Forge's `--api-auth`, these calls carry the client's `Authorization` header (the
-//! proxy acts for that client).
+//! Whose credentials a call carries decides what Forge lets it do. A call made for a client
+//! (reading the options before its generation, changing them for it) carries that client's
+//! `Authorization` and nothing else: with Forge's `--api-auth`, a client Forge would refuse
+//! is refused, with Forge's own answer, before anything is changed for it. The backend's
+//! configured `auth` serves the proxy's own calls: health checks, and reads that change
+//! nothing (the checkpoint catalog, the status page's readings).
 
 use std::time::Duration;
 
@@ -10,7 +14,7 @@ use http::{HeaderValue, Method};
 use serde_json::{Map, Value};
 
 use crate::config::Backend;
-use crate::forward::{CallError, Forwarder};
+use crate::forward::{CallAnswer, CallError, Forwarder};
 
 /// `GET`/`POST /sdapi/v1/options` answer in milliseconds; a backend that takes longer is stuck.
 pub const OPTIONS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,6 +28,13 @@ pub enum ForgeError {
         call: &'static str,
         path: &'static str,
         source: CallError,
+    },
+    /// Forge refused the credentials (401/403): its answer goes to the client as it is.
+    #[error("{call} {path}: backend answered {}", .answer.status)]
+    Denied {
+        call: &'static str,
+        path: &'static str,
+        answer: Box<CallAnswer>,
     },
     #[error("{call} {path}: backend answered {status}: {detail}")]
     Status {
@@ -52,21 +63,44 @@ pub struct BackendMemory {
 pub struct Forge<'a> {
     pub forwarder: &'a Forwarder,
     pub backend: &'a Backend,
-    /// The client's credentials, else the backend's configured ones.
+    /// What the calls carry in `Authorization`.
     pub authorization: Option<HeaderValue>,
 }
 
 impl<'a> Forge<'a> {
-    /// The proxy's calls on behalf of a client whose request carried `client_headers`.
+    /// Calls made for a client whose request carried `client_headers`: its credentials only.
     pub fn for_client(
         forwarder: &'a Forwarder,
         backend: &'a Backend,
         client_headers: &http::HeaderMap,
     ) -> Self {
-        let authorization = client_headers
-            .get(http::header::AUTHORIZATION)
-            .cloned()
-            .or_else(|| backend.authorization.clone());
+        Self {
+            forwarder,
+            backend,
+            authorization: client_headers.get(http::header::AUTHORIZATION).cloned(),
+        }
+    }
+
+    /// The proxy's own calls: the backend's configured credentials.
+    pub fn own(forwarder: &'a Forwarder, backend: &'a Backend) -> Self {
+        Self {
+            forwarder,
+            backend,
+            authorization: backend.authorization.clone(),
+        }
+    }
+
+    /// Reads that change nothing, made while serving a client: the configured credentials,
+    /// else the client's.
+    pub fn reading_for(
+        forwarder: &'a Forwarder,
+        backend: &'a Backend,
+        client_headers: &http::HeaderMap,
+    ) -> Self {
+        let authorization = backend
+            .authorization
+            .clone()
+            .or_else(|| client_headers.get(http::header::AUTHORIZATION).cloned());
         Self {
             forwarder,
             backend,
@@ -75,8 +109,33 @@ impl<'a> Forge<'a> {
     }
 }
 
-const OPTIONS: &str = "/sdapi/v1/options";
-const MEMORY: &str = "/sdapi/v1/memory";
+/// Forge's paths the proxy names.
+pub mod path {
+    pub const OPTIONS: &str = "/sdapi/v1/options";
+    pub const MEMORY: &str = "/sdapi/v1/memory";
+    pub const SD_MODELS: &str = "/sdapi/v1/sd-models";
+    pub const REFRESH_CHECKPOINTS: &str = "/sdapi/v1/refresh-checkpoints";
+    pub const PROGRESS: &str = "/sdapi/v1/progress";
+    pub const INTERRUPT: &str = "/sdapi/v1/interrupt";
+    pub const SKIP: &str = "/sdapi/v1/skip";
+    pub const TXT2IMG: &str = "/sdapi/v1/txt2img";
+    pub const IMG2IMG: &str = "/sdapi/v1/img2img";
+}
+
+/// Forge's option keys the proxy names.
+pub mod key {
+    /// The memory kept free for computation (MiB); GPU Weights = total - this.
+    pub const INFERENCE_MEMORY: &str = "forge_inference_memory";
+    pub const CHECKPOINT: &str = "sd_model_checkpoint";
+    pub const PRESET: &str = "forge_preset";
+    pub const FLUX_GPU_WEIGHTS: &str = "flux_GPU_MB";
+    pub const XL_GPU_WEIGHTS: &str = "xl_GPU_MB";
+    pub const ASYNC_LOADING: &str = "forge_async_loading";
+    pub const PIN_SHARED_MEMORY: &str = "forge_pin_shared_memory";
+}
+
+const OPTIONS: &str = path::OPTIONS;
+const MEMORY: &str = path::MEMORY;
 
 impl Forge<'_> {
     /// Every option with its current value.
@@ -100,6 +159,25 @@ impl Forge<'_> {
             detail: e.to_string(),
         })?;
         self.exchange("POST", Method::POST, OPTIONS, Some(body.into()))
+            .await
+            .map(drop)
+    }
+
+    /// The checkpoint catalog (`GET /sdapi/v1/sd-models`).
+    pub async fn sd_models(&self) -> Result<Value, ForgeError> {
+        let body = self
+            .exchange("GET", Method::GET, path::SD_MODELS, None)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| ForgeError::Invalid {
+            call: "GET",
+            path: path::SD_MODELS,
+            detail: format!("not JSON: {e}"),
+        })
+    }
+
+    /// `POST /sdapi/v1/interrupt`: Forge stops the generation it is running.
+    pub async fn interrupt(&self) -> Result<(), ForgeError> {
+        self.exchange("POST", Method::POST, path::INTERRUPT, None)
             .await
             .map(drop)
     }
@@ -142,7 +220,7 @@ impl Forge<'_> {
         path: &'static str,
         body: Option<Bytes>,
     ) -> Result<Bytes, ForgeError> {
-        let (status, answer) = self
+        let answer = self
             .forwarder
             .call(
                 self.backend,
@@ -154,15 +232,23 @@ impl Forge<'_> {
             )
             .await
             .map_err(|source| ForgeError::Call { call, path, source })?;
+        let status = answer.status;
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+            return Err(ForgeError::Denied {
+                call,
+                path,
+                answer: Box::new(answer),
+            });
+        }
         if !status.is_success() {
             return Err(ForgeError::Status {
                 call,
                 path,
                 status: status.as_u16(),
-                detail: error_detail(&answer),
+                detail: error_detail(&answer.body),
             });
         }
-        Ok(answer)
+        Ok(answer.body)
     }
 }
 

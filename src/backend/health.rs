@@ -56,7 +56,7 @@ async fn check(state: &AppState, index: usize) -> (bool, String) {
         )
         .await;
     let (ok, note, credentials) = judge(
-        answer.map(|(status, _)| status),
+        answer.map(|answer| answer.status),
         config.authorization.is_some(),
         index,
     );

@@ -1,30 +1,46 @@
 //! One Forge server behind the proxy: what the proxy knows of it, and how it talks to it.
 //!
-//! - [`forge`] — the proxy's own calls to Forge (options, memory).
+//! - [`forge`] — the proxy's own calls to Forge (options, memory, catalog), Forge's paths and
+//!   option keys.
+//! - [`catalog`] — its checkpoints and every name Forge accepts for each.
 //! - [`vram`], [`nvml`] — live VRAM readings: NVML on this host, else the backend's.
 //! - [`health`] — active and passive health checks.
 
+pub mod catalog;
 pub mod forge;
 pub mod health;
 pub mod nvml;
 pub mod vram;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::backend::catalog::Catalog;
+use crate::backend::forge::Forge;
 use crate::backend::vram::{VramReading, VramSource};
 use crate::config::Backend;
 
 pub struct BackendState {
     pub config: Backend,
     pub vram: VramSource,
-    /// Held from the proxy's options call to the end of the generation it prepared, so no
-    /// other generation or options change of the proxy's slips in between. Pass-through
-    /// traffic never takes it.
-    pub generation_lock: tokio::sync::Mutex<()>,
     view: Mutex<View>,
+    catalog: Mutex<CatalogCache>,
+}
+
+/// A name the catalog lacks makes the proxy read it again, at most this often: a client
+/// sending unknown names costs Forge one `sd-models` call per interval, not one per request.
+pub const CATALOG_REREAD: Duration = Duration::from_secs(2);
+
+/// The backend's checkpoint catalog as last read.
+#[derive(Default)]
+struct CatalogCache {
+    catalog: Option<Arc<Catalog>>,
+    read_at: Option<tokio::time::Instant>,
+    /// A `refresh-checkpoints` went through: read again before the next use.
+    stale: bool,
 }
 
 /// The proxy's picture of the backend; a short `std` lock, never held across `.await`.
@@ -74,9 +90,57 @@ impl BackendState {
         Self {
             config,
             vram,
-            generation_lock: tokio::sync::Mutex::new(()),
             view: Mutex::new(View::default()),
+            catalog: Mutex::new(CatalogCache::default()),
         }
+    }
+
+    /// The catalog as last read, if it was.
+    pub fn catalog(&self) -> Option<Arc<Catalog>> {
+        lock(&self.catalog).catalog.clone()
+    }
+
+    /// Forge re-read its models folder (`refresh-checkpoints`): read the catalog again.
+    pub fn catalog_changed(&self) {
+        lock(&self.catalog).stale = true;
+    }
+
+    /// The catalog, read again first when it was never read or is stale, or when it lacks
+    /// one of `names` and was not read in the last [`CATALOG_REREAD`]. `None` when it cannot
+    /// be read (the reason is logged): names are then matched as they are spelled.
+    pub async fn catalog_knowing(&self, forge: &Forge<'_>, names: &[&str]) -> Option<Arc<Catalog>> {
+        let (cached, due) = {
+            let cache = lock(&self.catalog);
+            let lacks = |catalog: &Catalog| names.iter().any(|n| catalog.resolve(n).is_none());
+            let recent = cache
+                .read_at
+                .is_some_and(|at| at.elapsed() < CATALOG_REREAD);
+            let due = match &cache.catalog {
+                None => !recent,
+                Some(catalog) => cache.stale || (lacks(catalog) && !recent),
+            };
+            (cache.catalog.clone(), due)
+        };
+        if !due {
+            return cached;
+        }
+        let read = forge
+            .sd_models()
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|answer| Catalog::from_sd_models(&answer));
+        let mut cache = lock(&self.catalog);
+        cache.read_at = Some(tokio::time::Instant::now());
+        match read {
+            Ok(catalog) => {
+                cache.stale = false;
+                cache.catalog = Some(Arc::new(catalog));
+            }
+            Err(reason) => {
+                tracing::warn!(backend = %self.config.url, reason = %reason, "checkpoint catalog not read: names are matched as spelled");
+            }
+        }
+        cache.catalog.clone()
     }
 
     /// A copy of the current view.
@@ -111,9 +175,13 @@ impl BackendState {
     }
 
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
-        // A panic while holding this lock leaves a plain data snapshot: still usable.
-        self.view
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.view)
     }
+}
+
+/// A short `std` lock; a panic while holding it leaves plain data: still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -1,86 +1,70 @@
-//! Reading what the proxy needs from a request body, and writing back only what changes.
+//! What a generation body says, read as Forge reads it, and its rewriting.
 //!
-//! A generation body is parsed one level deep: each top-level field stays raw JSON (an
-//! img2img's megabytes of base64 are never decoded), only the few fields the decision
-//! needs are read, and when nothing changes the client's original bytes are forwarded.
+//! The body is read as FastAPI reads it (`forge_schema::body`): JSON by content type, the
+//! encoding Python's `json` detects (a UTF-8 byte-order mark, UTF-16, UTF-32), `NaN` and
+//! `Infinity`. It is parsed one level deep: each member stays raw text (an img2img's
+//! megabytes of base64 are never decoded), only the few members the decision needs are
+//! read, with pydantic's lax coercion (`"512"` is 512 to Forge, so it is to the proxy), and
+//! when nothing changes the client's original bytes are forwarded. A body Forge would refuse
+//! is told apart before anything is changed for it.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
-use axum::body::Body;
 use bytes::Bytes;
-use http::header;
-use http_body_util::{BodyExt, Limited};
-use serde::de::DeserializeOwned;
-use serde_json::value::RawValue;
+use forge_schema::body::{self as python, RawObject};
+use forge_schema::model::{self, GenerationRoute, Kind, Refusal};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::decide::policy::RequestSize;
-use crate::error::ProxyError;
 
-/// Reads a body the proxy must inspect, refusing more than `limit` bytes.
-pub async fn read_body(
-    headers: &http::HeaderMap,
-    body: Body,
-    limit: u64,
-) -> Result<Bytes, ProxyError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ProxyError::InspectedBodyTooLarge { limit });
-    }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::InspectedBodyTooLarge { limit })
-        }
-        Err(e) => Err(ProxyError::ClientBody {
-            reason: e.to_string(),
-        }),
-    }
+/// Why the proxy leaves a body to Forge unread: Forge answers it as it would without the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// A content type FastAPI does not read as JSON (Forge's 422).
+    NotJsonContentType,
+    /// Bytes Python's `json` cannot decode to text (Forge's 400).
+    NotText,
+    /// Not JSON to Python's `json` (Forge's 422 `json_invalid`).
+    NotJson,
+    /// JSON, but not an object (Forge's 422 `model_attributes_type`).
+    NotAnObject,
 }
 
-/// A request's method, URI, version and headers, to send it again with a body (to another
-/// backend after a failure, or to each backend in turn).
-#[derive(Debug, Clone)]
-pub struct Head {
-    pub method: http::Method,
-    pub uri: http::Uri,
-    pub version: http::Version,
-    pub headers: http::HeaderMap,
-}
-
-impl Head {
-    pub fn of(parts: &http::request::Parts) -> Self {
-        Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
+impl Unread {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unread::NotJsonContentType => "not a JSON content type",
+            Unread::NotText => "not text in an encoding Python's json reads",
+            Unread::NotJson => "not JSON",
+            Unread::NotAnObject => "not a JSON object",
         }
     }
+}
 
-    pub fn request(&self, headers: http::HeaderMap, body: Body) -> http::Request<Body> {
-        let mut request = http::Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = headers;
-        request
+/// Why Forge will refuse a generation it could read, before running anything for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum ForgeRefuses {
+    /// A member fails the model's validation (422; a 500 when the value holds `NaN`).
+    Field { field: String, error: String },
+    /// img2img without `init_images` (404 "Init image not found").
+    NoInitImages,
+}
+
+impl std::fmt::Display for ForgeRefuses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForgeRefuses::Field { field, error } => write!(f, "field {field}: {error}"),
+            ForgeRefuses::NoInitImages => f.write_str("img2img without init_images"),
+        }
     }
 }
 
-/// Sets `Content-Length` for a body the proxy rewrote.
-pub fn set_length(headers: &mut http::HeaderMap, length: usize) {
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(length));
-}
-
-/// A generation request's JSON object, top-level fields kept raw.
+/// A generation request's JSON object, members kept raw.
 pub struct GenerationBody<'a> {
-    fields: BTreeMap<String, &'a RawValue>,
+    text: Cow<'a, str>,
+    object: RawObject,
 }
 
 /// What the proxy changes in a generation body.
@@ -88,59 +72,123 @@ pub struct GenerationBody<'a> {
 pub struct BodyEdits {
     /// Fields added because the client left them out (profile request defaults).
     pub added: Map<String, Value>,
-    /// The new `override_settings`, when keys were removed from it (`None`: unchanged).
-    pub override_settings: Option<Map<String, Value>>,
+    /// Keys removed from `override_settings` (the proxy sets them itself).
+    pub removed_overrides: Vec<String>,
 }
 
 impl BodyEdits {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.override_settings.is_none()
+        self.added.is_empty() && self.removed_overrides.is_empty()
     }
 }
 
 impl<'a> GenerationBody<'a> {
-    /// `None` when the body is not a JSON object: it is then forwarded untouched, and Forge
-    /// answers it as Forge does.
-    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
-        serde_json::from_slice(bytes)
-            .ok()
-            .map(|fields| Self { fields })
+    /// Reads a body as Forge does; `content_type` is the request's `Content-Type` header.
+    pub fn read(content_type: Option<&[u8]>, bytes: &'a [u8]) -> Result<Self, Unread> {
+        if !python::is_json_content_type(content_type) {
+            return Err(Unread::NotJsonContentType);
+        }
+        let text = python::decode_text(bytes).map_err(|_| Unread::NotText)?;
+        match RawObject::parse(&text) {
+            Ok(Some(object)) => Ok(Self { text, object }),
+            Ok(None) => Err(Unread::NotAnObject),
+            Err(_) => Err(Unread::NotJson),
+        }
     }
 
-    /// A field, when present, not null, and of the expected type.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        self.fields
-            .get(key)
-            .and_then(|raw| serde_json::from_str::<Option<T>>(raw.get()).ok().flatten())
+    /// A JSON object written by the proxy itself (plain UTF-8 JSON).
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        Self::read(None, bytes).ok()
+    }
+
+    fn raw(&self, key: &str) -> Option<&str> {
+        self.object.get(key).map(|span| &self.text[span])
+    }
+
+    /// A member as Forge's model coerces it (`"512"` for an int is 512); `None` when absent,
+    /// `null`, or not valid for `kind` (Forge then refuses the body: see [`Self::refusal`]).
+    fn lax(&self, key: &str, kind: Kind) -> Option<Value> {
+        let (value, _) = python::to_value(self.raw(key)?).ok()?;
+        match value {
+            Value::Null => None,
+            value => model::coerce(kind, value).ok().filter(|v| !v.is_null()),
+        }
+    }
+
+    fn int(&self, key: &str) -> Option<i64> {
+        self.lax(key, Kind::Int).and_then(|v| v.as_i64())
+    }
+
+    fn float(&self, key: &str) -> Option<f64> {
+        self.lax(key, Kind::Float).and_then(|v| v.as_f64())
+    }
+
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        self.lax(key, Kind::Bool).and_then(|v| v.as_bool())
     }
 
     /// Whether the client set a field (null counts as not set: Forge uses its default).
     pub fn has(&self, key: &str) -> bool {
-        self.fields.get(key).is_some_and(|raw| raw.get() != "null")
+        self.raw(key).is_some_and(|raw| raw != "null")
     }
 
+    /// `override_settings` (`NaN` in a value reads as `null`).
     pub fn override_settings(&self) -> Map<String, Value> {
-        self.get("override_settings").unwrap_or_default()
+        match self.lax("override_settings", Kind::Dict) {
+            Some(Value::Object(map)) => map,
+            _ => Map::new(),
+        }
+    }
+
+    /// Whether Forge restores `override_settings` after the generation (its default: yes).
+    pub fn restores_overrides(&self) -> bool {
+        self.bool("override_settings_restore_afterwards")
+            .unwrap_or(true)
+    }
+
+    /// Why Forge will refuse this body on `route` before running anything, if it will: a
+    /// member its model does not validate, or an img2img without images. Routes other than
+    /// Forge's two generation routes are not checked.
+    pub fn refusal(&self, route: Option<GenerationRoute>) -> Option<ForgeRefuses> {
+        let route = route?;
+        for (name, span) in self.object.members() {
+            let Some(field) = model::generation_field(route, name) else {
+                continue;
+            };
+            if let Err(error) = check_member(field.kind, &self.text[span]) {
+                return Some(ForgeRefuses::Field {
+                    field: name.to_owned(),
+                    error,
+                });
+            }
+        }
+        if route == GenerationRoute::Img2Img && !self.has("init_images") {
+            return Some(ForgeRefuses::NoInitImages);
+        }
+        None
     }
 
     /// The pixels this request computes, by Forge's rules: hires fix renders at
-    /// `hr_resize_x/y` when given, else `hr_scale` × the first pass.
+    /// `hr_resize_x/y` when given, else `hr_scale` × the first pass. Values beyond what a
+    /// `u32` holds saturate.
     pub fn size(&self) -> RequestSize {
         let defaults = RequestSize::default();
-        let number = |key: &str| self.get::<f64>(key).filter(|v| v.is_finite() && *v > 0.0);
-        let width = number("width").map_or(defaults.width, |v| v as u32);
-        let height = number("height").map_or(defaults.height, |v| v as u32);
-        let batch_size = number("batch_size").map_or(1, |v| v as u32);
-        let hires = self.get::<bool>("enable_hr").unwrap_or(false).then(|| {
-            let scale = number("hr_scale").unwrap_or(2.0);
-            match (number("hr_resize_x"), number("hr_resize_y")) {
-                (Some(x), Some(y)) => (x as u32, y as u32),
-                (Some(x), None) => (x as u32, (f64::from(height) * x / f64::from(width)) as u32),
-                (None, Some(y)) => ((f64::from(width) * y / f64::from(height)) as u32, y as u32),
-                (None, None) => (
-                    (f64::from(width) * scale) as u32,
-                    (f64::from(height) * scale) as u32,
-                ),
+        let side = |key: &str| self.int(key).filter(|v| *v > 0).map(saturate);
+        let width = side("width").unwrap_or(defaults.width);
+        let height = side("height").unwrap_or(defaults.height);
+        let batch_size = side("batch_size").unwrap_or(1);
+        let hires = self.bool("enable_hr").unwrap_or(false).then(|| {
+            let scale = self
+                .float("hr_scale")
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .unwrap_or(2.0);
+            let (w, h) = (f64::from(width), f64::from(height));
+            let scaled = |v: f64| v as u32;
+            match (side("hr_resize_x"), side("hr_resize_y")) {
+                (Some(x), Some(y)) => (x, y),
+                (Some(x), None) => (x, scaled(h * f64::from(x) / w)),
+                (None, Some(y)) => (scaled(w * f64::from(y) / h), y),
+                (None, None) => (scaled(w * scale), scaled(h * scale)),
             }
         });
         RequestSize {
@@ -151,28 +199,104 @@ impl<'a> GenerationBody<'a> {
         }
     }
 
-    /// The body with `edits` applied; untouched fields are copied as raw bytes.
+    /// The body with `edits` applied, as UTF-8 JSON; every member the proxy did not change is
+    /// copied as its raw text, in the client's order.
     pub fn render(&self, edits: &BodyEdits) -> Result<Bytes, serde_json::Error> {
-        let mut owned: Vec<(String, Box<RawValue>)> = Vec::new();
-        for (key, value) in &edits.added {
-            owned.push((key.clone(), serde_json::value::to_raw_value(value)?));
+        let mut out = String::with_capacity(self.text.len() + 256);
+        out.push('{');
+        let mut first = true;
+        let mut member = |out: &mut String, name: &str, value: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&serde_json::to_string(name)?);
+            out.push(':');
+            out.push_str(value);
+            Ok::<(), serde_json::Error>(())
+        };
+        for (name, span) in self.object.members() {
+            if edits.added.contains_key(name) {
+                continue;
+            }
+            let raw = &self.text[span];
+            if name == "override_settings" && !edits.removed_overrides.is_empty() {
+                member(&mut out, name, &without(raw, &edits.removed_overrides)?)?;
+            } else {
+                member(&mut out, name, raw)?;
+            }
         }
-        if let Some(settings) = &edits.override_settings {
-            owned.push((
-                "override_settings".to_owned(),
-                serde_json::value::to_raw_value(settings)?,
-            ));
+        for (name, value) in &edits.added {
+            member(&mut out, name, &serde_json::to_string(value)?)?;
         }
-        let mut out: BTreeMap<&str, &RawValue> = self
-            .fields
-            .iter()
-            .map(|(key, value)| (key.as_str(), *value))
-            .collect();
-        for (key, value) in &owned {
-            out.insert(key.as_str(), value);
-        }
-        serde_json::to_vec(&out).map(Bytes::from)
+        out.push('}');
+        Ok(Bytes::from(out))
     }
+}
+
+/// An object's raw text without the members `removed`.
+fn without(raw: &str, removed: &[String]) -> Result<String, serde_json::Error> {
+    let Ok(Some(object)) = RawObject::parse(raw) else {
+        return Ok(raw.to_owned());
+    };
+    let mut out = String::from("{");
+    for (name, span) in object.members() {
+        if removed.iter().any(|r| r == name) {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(name)?);
+        out.push(':');
+        out.push_str(&raw[span]);
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// Whether Forge's model takes a member's raw value: strings, lists and dicts by their
+/// first character (no copy of an init image), the rest as pydantic coerces them.
+fn check_member(kind: Kind, raw: &str) -> Result<(), String> {
+    let opens = |c: char| raw.starts_with(c) || raw == "null";
+    let shape = match kind {
+        Kind::Any => Some(true),
+        Kind::Str => Some(opens('"')),
+        Kind::List => Some(opens('[')),
+        Kind::Dict => Some(opens('{')),
+        Kind::Int | Kind::Float | Kind::Bool | Kind::ListOfStr => None,
+    };
+    if let Some(fits) = shape {
+        return if fits {
+            Ok(())
+        } else {
+            Err(format!("not a {}", kind_name(kind)))
+        };
+    }
+    let (value, non_finite) = python::to_value(raw).map_err(|_| "not JSON".to_owned())?;
+    match model::validate_member(kind, value, non_finite) {
+        Ok(_) => Ok(()),
+        Err(Refusal::Invalid(invalid)) => {
+            Err(invalid.first().map_or("invalid", |i| i.kind).to_owned())
+        }
+        Err(Refusal::NotSerializable) => Err("NaN or Infinity where Forge refuses it".to_owned()),
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Str => "string",
+        Kind::List | Kind::ListOfStr => "list",
+        Kind::Dict => "dictionary",
+        Kind::Int => "integer",
+        Kind::Float => "number",
+        Kind::Bool => "boolean",
+        Kind::Any => "value",
+    }
+}
+
+fn saturate(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -180,20 +304,49 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn read(bytes: &[u8]) -> GenerationBody<'_> {
+        GenerationBody::read(Some(b"application/json"), bytes).unwrap()
+    }
+
     #[test]
-    fn non_objects_are_not_parsed() {
-        assert!(GenerationBody::parse(b"not json").is_none());
-        assert!(GenerationBody::parse(b"[1, 2]").is_none());
-        assert!(GenerationBody::parse(b"{\"prompt\": \"x\"").is_none());
-        assert!(GenerationBody::parse(b"{}").is_some());
+    fn bodies_forge_does_not_read_are_left_unread() {
+        let read = |ct: Option<&[u8]>, b: &[u8]| GenerationBody::read(ct, b).err();
+        assert_eq!(read(None, b"not json"), Some(Unread::NotJson));
+        assert_eq!(read(None, b"[1, 2]"), Some(Unread::NotAnObject));
+        assert_eq!(read(None, b"{\"prompt\": \"x\""), Some(Unread::NotJson));
+        assert_eq!(read(None, b"\xff{}"), Some(Unread::NotText));
+        assert_eq!(
+            read(Some(b"text/plain"), b"{}"),
+            Some(Unread::NotJsonContentType)
+        );
+        assert_eq!(read(None, b"{}"), None);
+    }
+
+    #[test]
+    fn every_encoding_python_reads_is_read() {
+        let text = r#"{"width": 1024, "override_settings": {"sd_model_checkpoint": "flux"}}"#;
+        let utf16: Vec<u8> = b"\xff\xfe"
+            .iter()
+            .copied()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let mut bom = b"\xef\xbb\xbf".to_vec();
+        bom.extend(text.as_bytes());
+        for bytes in [utf16, bom] {
+            let body = read(&bytes);
+            assert_eq!(body.size().width, 1024);
+            assert_eq!(body.override_settings()["sd_model_checkpoint"], "flux");
+        }
+        let nan = read(br#"{"cfg_scale": NaN, "width": 768}"#);
+        assert_eq!(nan.size().width, 768);
+        assert!(nan.has("cfg_scale"));
     }
 
     #[test]
     fn size_reads_first_pass_batch_and_hires_output() {
-        let plain = br#"{"width": 1024, "height": 768, "batch_size": 2}"#;
-        let body = GenerationBody::parse(plain).unwrap();
+        let plain = read(br#"{"width": 1024, "height": 768, "batch_size": 2}"#);
         assert_eq!(
-            body.size(),
+            plain.size(),
             RequestSize {
                 width: 1024,
                 height: 768,
@@ -201,44 +354,81 @@ mod tests {
                 hires: None
             }
         );
-        let hires = br#"{"width": 512, "height": 512, "enable_hr": true, "hr_scale": 1.5}"#;
+        let hires = read(br#"{"width": 512, "height": 512, "enable_hr": true, "hr_scale": 1.5}"#);
+        assert_eq!(hires.size().hires, Some((768, 768)));
+        let resize =
+            read(br#"{"width": 512, "height": 768, "enable_hr": "yes", "hr_resize_x": 1024}"#);
+        assert_eq!(resize.size().hires, Some((1024, 1536)));
+        // Forge's lax ints: what it runs with, the proxy computes with.
+        let strings = read(br#"{"width": "1024", "height": 768.0, "batch_size": "2"}"#);
+        assert_eq!((strings.size().width, strings.size().batch_size), (1024, 2));
+        let wrong = read(br#"{"width": "wide", "height": null, "batch_size": -3}"#);
+        assert_eq!(wrong.size(), RequestSize::default());
+        let huge = read(br#"{"width": 99999999999, "batch_size": 4294967295}"#);
         assert_eq!(
-            GenerationBody::parse(hires).unwrap().size().hires,
-            Some((768, 768))
-        );
-        let resize = br#"{"width": 512, "height": 768, "enable_hr": true, "hr_resize_x": 1024}"#;
-        assert_eq!(
-            GenerationBody::parse(resize).unwrap().size().hires,
-            Some((1024, 1536))
-        );
-        let wrong_types = br#"{"width": "wide", "height": null, "batch_size": -3}"#;
-        assert_eq!(
-            GenerationBody::parse(wrong_types).unwrap().size(),
-            RequestSize::default()
+            (huge.size().width, huge.size().batch_size),
+            (u32::MAX, u32::MAX)
         );
     }
 
     #[test]
-    fn render_keeps_untouched_fields_byte_for_byte_and_applies_edits() {
-        let bytes = br#"{"prompt": "a  cat", "init_images": ["iVBOR\u0041w"], "steps": 20.0, "override_settings": {"forge_inference_memory": 1024, "CLIP_stop_at_last_layers": 2}}"#;
-        let body = GenerationBody::parse(bytes).unwrap();
+    fn forge_refuses_what_its_model_does_not_validate() {
+        let refusal = |text: &str, route| read(text.as_bytes()).refusal(Some(route));
+        let txt2img = GenerationRoute::Txt2Img;
+        assert_eq!(refusal(r#"{"width": 512, "prompt": "x"}"#, txt2img), None);
+        for (text, field) in [
+            (r#"{"width": 1e308}"#, "width"),
+            (r#"{"batch_size": 1.5}"#, "batch_size"),
+            (r#"{"steps": "many"}"#, "steps"),
+            (r#"{"width": NaN}"#, "width"),
+            (r#"{"prompt": 5}"#, "prompt"),
+            (r#"{"override_settings": []}"#, "override_settings"),
+            (r#"{"styles": ["a", 1]}"#, "styles"),
+        ] {
+            match refusal(text, txt2img) {
+                Some(ForgeRefuses::Field { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Floats take NaN; unknown members and img2img's own are not txt2img's business.
+        assert_eq!(
+            refusal(r#"{"cfg_scale": NaN, "nonsense": [1]}"#, txt2img),
+            None
+        );
+        assert_eq!(refusal(r#"{"init_images": 5}"#, txt2img), None);
+        assert_eq!(
+            refusal(r#"{"prompt": "x"}"#, GenerationRoute::Img2Img),
+            Some(ForgeRefuses::NoInitImages)
+        );
+        assert_eq!(
+            refusal(r#"{"init_images": null}"#, GenerationRoute::Img2Img),
+            Some(ForgeRefuses::NoInitImages)
+        );
+        assert_eq!(
+            refusal(r#"{"init_images": ["iVBOR"]}"#, GenerationRoute::Img2Img),
+            None
+        );
+        assert_eq!(read(br#"{"width": 1.5}"#).refusal(None), None);
+    }
+
+    #[test]
+    fn render_keeps_untouched_members_byte_for_byte_in_order() {
+        let bytes = br#"{"prompt": "a  cat", "init_images": ["iVBOR\u0041w"], "cfg_scale": NaN, "override_settings": {"forge_inference_memory": 1024, "x": Infinity}}"#;
+        let body = read(bytes);
         let edits = BodyEdits {
-            added: Map::from_iter([("cfg_scale".to_owned(), json!(1.0))]),
-            override_settings: Some(Map::from_iter([(
-                "CLIP_stop_at_last_layers".to_owned(),
-                json!(2),
-            )])),
+            added: Map::from_iter([("distilled_cfg_scale".to_owned(), json!(3.5))]),
+            removed_overrides: vec!["forge_inference_memory".to_owned()],
         };
         let out = String::from_utf8(body.render(&edits).unwrap().to_vec()).unwrap();
         assert_eq!(
             out,
-            r#"{"cfg_scale":1.0,"init_images":["iVBOR\u0041w"],"override_settings":{"CLIP_stop_at_last_layers":2},"prompt":"a  cat","steps":20.0}"#
+            r#"{"prompt":"a  cat","init_images":["iVBOR\u0041w"],"cfg_scale":NaN,"override_settings":{"x":Infinity},"distilled_cfg_scale":3.5}"#
         );
     }
 
     #[test]
     fn has_treats_null_as_left_out() {
-        let body = GenerationBody::parse(br#"{"cfg_scale": null, "scheduler": "Karras"}"#).unwrap();
+        let body = read(br#"{"cfg_scale": null, "scheduler": "Karras"}"#);
         assert!(!body.has("cfg_scale"));
         assert!(body.has("scheduler"));
         assert!(!body.has("distilled_cfg_scale"));

@@ -1,10 +1,12 @@
 //! The whole decision for one generation, from data gathered beforehand: which profile,
-//! what memory, which options to send, what to change in the body. Pure: the generation
-//! handler and `/proxy/plan/*` both call it.
+//! what memory, which options to send, what to change in the body. Pure: the generation's
+//! prepare stage, a client's checkpoint change and `/proxy/plan/*` all call it.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::backend::catalog::Catalog;
+use crate::backend::forge::key;
 use crate::backend::vram::VramReading;
 use crate::config::{ClientMemoryOptions, Config, Profile};
 use crate::decide::body::{BodyEdits, GenerationBody};
@@ -13,12 +15,75 @@ use crate::decide::profile::{self, Hints, Reason};
 use crate::error::ProxyError;
 
 /// Forge's option for the memory kept free for computation (MiB).
-pub const INFERENCE_MEMORY: &str = "forge_inference_memory";
+pub const INFERENCE_MEMORY: &str = key::INFERENCE_MEMORY;
 /// Options the proxy owns: its memory value and the per-preset "GPU Weights" it keeps in
 /// step with it.
-pub const PROXY_OWNED: [&str; 3] = [INFERENCE_MEMORY, "flux_GPU_MB", "xl_GPU_MB"];
+pub const PROXY_OWNED: [&str; 3] = [
+    key::INFERENCE_MEMORY,
+    key::FLUX_GPU_WEIGHTS,
+    key::XL_GPU_WEIGHTS,
+];
 /// Memory options whose mere presence in an options call makes Forge reload the model.
-pub const RELOAD_ON_PRESENCE: [&str; 2] = ["forge_async_loading", "forge_pin_shared_memory"];
+pub const RELOAD_ON_PRESENCE: [&str; 2] = [key::ASYNC_LOADING, key::PIN_SHARED_MEMORY];
+
+/// Whether the proxy sent Forge an options call for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    Skipped,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Skipped => "skipped",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Why the options call was sent, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The memory value changes.
+    Changed,
+    /// Only the profile's other options change.
+    OptionsChanged,
+    /// Forge already has every value.
+    Same,
+    /// The memory value differs by less than `min_change_mib`: not worth a reload.
+    WithinHysteresis,
+    /// No VRAM reading, and the policy needs one.
+    NoVramReading,
+    /// The client's own memory value (`client_memory_options = "honor"`).
+    ClientValue,
+    /// The options call failed: the generation was not sent.
+    OptionsCallFailed,
+    /// Forge will refuse the request: nothing is changed for it.
+    ForgeRefuses,
+    /// A client's checkpoint change names no checkpoint Forge has: Forge answers it.
+    UnknownCheckpoint,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Changed => "changed",
+            Why::OptionsChanged => "options_changed",
+            Why::Same => "same",
+            Why::WithinHysteresis => "within_hysteresis",
+            Why::NoVramReading => "no_vram_reading",
+            Why::ClientValue => "client_value",
+            Why::OptionsCallFailed => "options_call_failed",
+            Why::ForgeRefuses => "forge_refuses",
+            Why::UnknownCheckpoint => "unknown_checkpoint",
+        }
+    }
+}
 
 /// What the proxy will do for one generation.
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +93,10 @@ pub struct Plan {
     #[serde(rename = "profile")]
     pub profile_name: String,
     pub why_profile: Reason,
+    /// A checkpoint name the request gave that Forge does not know: Forge ignores it and
+    /// runs the model it has, and so the profile comes from that model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_checkpoint: Option<String>,
     /// The computed split (absent without a reading, unless the policy is fixed).
     pub computed: Option<MemoryDecision>,
     /// The `forge_inference_memory` the generation runs with.
@@ -36,10 +105,8 @@ pub struct Plan {
     pub gpu_weights_mib: Option<u64>,
     /// Options the proxy sends first (empty: none needed).
     pub options: Map<String, Value>,
-    /// `applied` (options sent) or `skipped`.
-    pub outcome: &'static str,
-    /// `changed`, `options_changed`, `same`, `within_hysteresis`, `no_vram_reading`, `client_value`.
-    pub reason: &'static str,
+    pub outcome: Outcome,
+    pub reason: Why,
     #[serde(skip)]
     pub edits: BodyEdits,
     /// For the plan endpoint: fields added to the body and override keys removed.
@@ -50,11 +117,44 @@ pub struct Plan {
 /// The decision's inputs besides the config.
 pub struct Inputs<'a> {
     /// `X-Forge-Model-Type`, when sent.
-    pub header: Option<&'a str>,
+    pub model_type: Option<&'a str>,
     pub body: &'a GenerationBody<'a>,
     /// The backend's current options (possibly only the keys the proxy tracks).
     pub current: &'a Map<String, Value>,
+    /// The backend's checkpoints, to resolve names as Forge does; `None` when it could not
+    /// be read (names are then matched as spelled).
+    pub catalog: Option<&'a Catalog>,
     pub reading: Option<&'a VramReading>,
+}
+
+/// A checkpoint name resolved as Forge resolves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// One of the backend's checkpoints: its title.
+    Checkpoint(String),
+    /// No alias of any of them.
+    Unknown,
+    /// No catalog to tell: the name as spelled.
+    AsSpelled(String),
+}
+
+impl Named {
+    pub fn resolve(catalog: Option<&Catalog>, name: &str) -> Named {
+        match catalog {
+            Some(catalog) => catalog
+                .resolve(name)
+                .map_or(Named::Unknown, |c| Named::Checkpoint(c.title.clone())),
+            None => Named::AsSpelled(name.to_owned()),
+        }
+    }
+
+    /// The name to match profile patterns on, if any.
+    pub fn matchable(&self) -> Option<&str> {
+        match self {
+            Named::Checkpoint(title) | Named::AsSpelled(title) => Some(title),
+            Named::Unknown => None,
+        }
+    }
 }
 
 pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
@@ -62,14 +162,28 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
     let text = |map: &Map<String, Value>, key: &str| {
         map.get(key).and_then(Value::as_str).map(str::to_owned)
     };
-    let override_checkpoint = text(&overrides, "sd_model_checkpoint");
-    let override_preset = text(&overrides, "forge_preset");
-    let backend_checkpoint = text(inputs.current, "sd_model_checkpoint");
+    let override_name = text(&overrides, key::CHECKPOINT);
+    let override_checkpoint = override_name
+        .as_deref()
+        .map(|name| Named::resolve(inputs.catalog, name));
+    let unknown_checkpoint = override_name
+        .clone()
+        .filter(|_| override_checkpoint == Some(Named::Unknown));
+    let override_preset = text(&overrides, key::PRESET);
+    // Forge stores the name as posted (a hash, a title): resolved like any other; a name
+    // the catalog does not know (a removed file) is matched as spelled.
+    let backend_checkpoint =
+        text(inputs.current, key::CHECKPOINT).map(|name| {
+            match Named::resolve(inputs.catalog, &name) {
+                Named::Unknown => Named::AsSpelled(name),
+                named => named,
+            }
+        });
     let hints = Hints {
-        header: inputs.header,
-        override_checkpoint: override_checkpoint.as_deref(),
+        header: inputs.model_type,
+        override_checkpoint: override_checkpoint.as_ref().and_then(Named::matchable),
         override_preset: override_preset.as_deref(),
-        backend_checkpoint: backend_checkpoint.as_deref(),
+        backend_checkpoint: backend_checkpoint.as_ref().and_then(Named::matchable),
     };
     let (index, why_profile) = profile::resolve(&config.profiles, config.default_profile, &hints)
         .map_err(ProxyError::UnknownModelType)?;
@@ -99,6 +213,7 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
                 client_value = overrides
                     .get(INFERENCE_MEMORY)
                     .and_then(Value::as_f64)
+                    .filter(|v| v.is_finite())
                     .map(|v| v.max(0.0).round() as u64);
                 removed_override_settings.push(INFERENCE_MEMORY.to_owned());
             }
@@ -142,11 +257,16 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
         }
     }
     for (key, value) in &profile.options {
-        if !inputs
-            .current
-            .get(key)
-            .is_some_and(|v| same_value(v, value))
-        {
+        let now = inputs.current.get(key);
+        let same = match (key.as_str(), now) {
+            // Another alias of the checkpoint Forge has is the same checkpoint.
+            (key::CHECKPOINT, Some(Value::String(now))) => {
+                same_checkpoint(inputs.catalog, now, value)
+            }
+            (_, Some(now)) => same_value(now, value),
+            (_, None) => false,
+        };
+        if !same {
             options.insert(key.clone(), value.clone());
         }
     }
@@ -157,27 +277,21 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
         .filter(|(key, _)| !inputs.body.has(key))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
-    let override_edit = (!removed_override_settings.is_empty()).then(|| {
-        let mut kept = overrides.clone();
-        for key in &removed_override_settings {
-            kept.remove(key);
-        }
-        kept
-    });
 
     let memory_applied = options.contains_key(INFERENCE_MEMORY);
     let (outcome, reason) = match (memory_applied, options.is_empty(), change) {
-        (true, _, _) if client_value.is_some() => ("applied", "client_value"),
-        (true, _, _) => ("applied", "changed"),
-        (false, false, _) => ("applied", "options_changed"),
-        (false, true, Some(Change::WithinHysteresis)) => ("skipped", "within_hysteresis"),
-        (false, true, Some(_)) => ("skipped", "same"),
-        (false, true, None) => ("skipped", "no_vram_reading"),
+        (true, _, _) if client_value.is_some() => (Outcome::Applied, Why::ClientValue),
+        (true, _, _) => (Outcome::Applied, Why::Changed),
+        (false, false, _) => (Outcome::Applied, Why::OptionsChanged),
+        (false, true, Some(Change::WithinHysteresis)) => (Outcome::Skipped, Why::WithinHysteresis),
+        (false, true, Some(_)) => (Outcome::Skipped, Why::Same),
+        (false, true, None) => (Outcome::Skipped, Why::NoVramReading),
     };
     Ok(Plan {
         profile: index,
         profile_name: profile.name.clone(),
         why_profile,
+        unknown_checkpoint,
         computed,
         inference_memory_mib: in_effect,
         gpu_weights_mib,
@@ -186,11 +300,26 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
         reason,
         edits: BodyEdits {
             added: added_fields.clone(),
-            override_settings: override_edit,
+            removed_overrides: removed_override_settings.clone(),
         },
         added_fields,
         removed_override_settings,
     })
+}
+
+/// Whether a profile's `sd_model_checkpoint` names the checkpoint Forge has (`now`, as
+/// Forge stored it): the same alias, or another alias of the same checkpoint.
+fn same_checkpoint(catalog: Option<&Catalog>, now: &str, wanted: &Value) -> bool {
+    let Some(wanted) = wanted.as_str() else {
+        return false;
+    };
+    if now == wanted {
+        return true;
+    }
+    match catalog.map(|c| (c.resolve(now), c.resolve(wanted))) {
+        Some((Some(a), Some(b))) => a == b,
+        _ => false,
+    }
 }
 
 /// The policy's answer for this reading; without a reading only a fixed policy can answer.
@@ -271,14 +400,26 @@ mod tests {
         current: &Map<String, Value>,
         total: Option<u64>,
     ) -> Plan {
+        run_with(config, header, body, current, total, None)
+    }
+
+    fn run_with(
+        config: &Config,
+        header: Option<&str>,
+        body: &str,
+        current: &Map<String, Value>,
+        total: Option<u64>,
+        catalog: Option<&Catalog>,
+    ) -> Plan {
         let body = GenerationBody::parse(body.as_bytes()).unwrap();
         let reading = total.map(reading);
         plan(
             config,
             &Inputs {
-                header,
+                model_type: header,
                 body: &body,
                 current,
+                catalog,
                 reading: reading.as_ref(),
             },
         )
@@ -300,7 +441,10 @@ mod tests {
             Value::Object(plan.options.clone()),
             json!({"forge_inference_memory": 4096, "flux_GPU_MB": 8192, "forge_preset": "flux"})
         );
-        assert_eq!((plan.outcome, plan.reason), ("applied", "changed"));
+        assert_eq!(
+            (plan.outcome, plan.reason),
+            (Outcome::Applied, Why::Changed)
+        );
         assert_eq!(
             (plan.inference_memory_mib, plan.gpu_weights_mib),
             (Some(4096), Some(8192))
@@ -318,7 +462,7 @@ mod tests {
         let now = current("v1-5-pruned-emaonly.safetensors", 10240.0, "sd");
         let plan = run(&config, None, r#"{"prompt": "x"}"#, &now, Some(12288));
         assert!(plan.options.is_empty(), "{:?}", plan.options);
-        assert_eq!((plan.outcome, plan.reason), ("skipped", "same"));
+        assert_eq!((plan.outcome, plan.reason), (Outcome::Skipped, Why::Same));
         assert!(plan.edits.is_empty());
         assert_eq!(plan.inference_memory_mib, Some(10240));
     }
@@ -330,7 +474,7 @@ mod tests {
         let plan = run(&config, None, r#"{}"#, &now, Some(12288));
         assert_eq!(
             (plan.outcome, plan.reason),
-            ("skipped", "within_hysteresis")
+            (Outcome::Skipped, Why::WithinHysteresis)
         );
         assert_eq!(plan.inference_memory_mib, Some(10100));
     }
@@ -360,9 +504,10 @@ mod tests {
         plan(
             config,
             &Inputs {
-                header,
+                model_type: header,
                 body,
                 current,
+                catalog: None,
                 reading: None,
             },
         )
@@ -377,18 +522,15 @@ mod tests {
         let strip = run(&Config::default(), None, body, &now, Some(12288));
         assert_eq!(strip.removed_override_settings, ["forge_inference_memory"]);
         assert!(strip.options.is_empty());
-        assert_eq!(
-            strip.edits.override_settings,
-            Some(Map::from_iter([(
-                "CLIP_stop_at_last_layers".to_owned(),
-                json!(2)
-            )]))
-        );
+        assert_eq!(strip.edits.removed_overrides, ["forge_inference_memory"]);
 
         let honor = from_toml_str("[memory]\nclient_memory_options = \"honor\"\n").unwrap();
         let plan = run(&honor, None, body, &now, Some(12288));
         assert_eq!(plan.options[INFERENCE_MEMORY], json!(2000));
-        assert_eq!((plan.outcome, plan.reason), ("applied", "client_value"));
+        assert_eq!(
+            (plan.outcome, plan.reason),
+            (Outcome::Applied, Why::ClientValue)
+        );
         assert_eq!(plan.removed_override_settings, ["forge_inference_memory"]);
 
         let reject = from_toml_str("[memory]\nclient_memory_options = \"reject\"\n").unwrap();
@@ -403,7 +545,10 @@ mod tests {
     fn without_a_reading_only_fixed_policies_apply() {
         let now = current("v1-5-pruned-emaonly.safetensors", 1024.0, "sd");
         let plan = run(&Config::default(), None, r#"{}"#, &now, None);
-        assert_eq!((plan.outcome, plan.reason), ("skipped", "no_vram_reading"));
+        assert_eq!(
+            (plan.outcome, plan.reason),
+            (Outcome::Skipped, Why::NoVramReading)
+        );
         assert!(!plan.options.contains_key(INFERENCE_MEMORY));
         let fixed = from_toml_str(
             "[[profiles]]\nname = \"sd15\"\npatterns = [\"*\"]\ninference_memory_mib = 9000\n",
@@ -412,6 +557,101 @@ mod tests {
         let plan = run(&fixed, None, r#"{}"#, &now, None);
         assert_eq!(plan.options[INFERENCE_MEMORY], json!(9000));
         assert_eq!(plan.gpu_weights_mib, None);
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::from_sd_models(&json!([
+            {"title": "v1-5-pruned-emaonly.safetensors [6ce0161689]", "hash": "6ce0161689",
+             "sha256": "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
+             "model_name": "v1-5-pruned-emaonly", "filename": "/m/v1-5-pruned-emaonly.safetensors"},
+            {"title": "flux1-dev-Q4_0.gguf [e9c9d702d0]", "hash": "e9c9d702d0",
+             "sha256": "e9c9d702d0aa11bb22cc33dd44ee55ff66007788990011223344556677889900",
+             "model_name": "flux1-dev-Q4_0", "filename": "/m/flux1-dev-Q4_0.gguf"},
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_override_checkpoint_is_resolved_through_the_catalog() {
+        let config = Config::default();
+        let catalog = catalog();
+        let now = current("v1-5-pruned-emaonly.safetensors", 10240.0, "sd");
+        // The short hash says nothing to a pattern; the catalog says it is Flux.
+        for name in [
+            "e9c9d702d0",
+            "e9c9d702d0aa11bb22cc33dd44ee55ff66007788990011223344556677889900",
+        ] {
+            let body = format!(r#"{{"override_settings": {{"sd_model_checkpoint": "{name}"}}}}"#);
+            let plan = run_with(&config, None, &body, &now, Some(12288), Some(&catalog));
+            assert_eq!(plan.profile_name, "flux", "{name}");
+            assert_eq!(
+                plan.why_profile,
+                Reason::OverrideCheckpoint("flux1-dev-Q4_0.gguf [e9c9d702d0]".into())
+            );
+            assert_eq!(plan.options[INFERENCE_MEMORY], json!(4096));
+            assert_eq!(plan.unknown_checkpoint, None);
+        }
+    }
+
+    #[test]
+    fn an_unknown_override_checkpoint_leaves_the_model_forge_has() {
+        let config = Config::default();
+        let catalog = catalog();
+        // Forge has Flux (stored by its hash, as posted) at Flux's memory.
+        let mut now = current("e9c9d702d0", 4096.0, "flux");
+        now.insert("flux_GPU_MB".into(), json!(8192.0));
+        for name in ["nope.safetensors", "FLUX1-DEV-Q4_0.GGUF", "v1-5-pruned"] {
+            let body = format!(r#"{{"override_settings": {{"sd_model_checkpoint": "{name}"}}}}"#);
+            let plan = run_with(&config, None, &body, &now, Some(12288), Some(&catalog));
+            assert_eq!(plan.profile_name, "flux", "{name}");
+            assert_eq!(
+                plan.why_profile,
+                Reason::BackendCheckpoint("flux1-dev-Q4_0.gguf [e9c9d702d0]".into())
+            );
+            assert_eq!(plan.unknown_checkpoint.as_deref(), Some(name));
+            assert_eq!(
+                (plan.outcome, plan.reason),
+                (Outcome::Skipped, Why::Same),
+                "{name}"
+            );
+        }
+        // Without a catalog the name is matched as spelled, as before.
+        let body = r#"{"override_settings": {"sd_model_checkpoint": "nope.safetensors"}}"#;
+        let plan = run_with(&config, None, body, &now, Some(12288), None);
+        assert_eq!(plan.profile_name, "sd15");
+    }
+
+    #[test]
+    fn a_profile_checkpoint_forge_has_under_another_alias_is_not_sent_again() {
+        let config = from_toml_str(
+            "[[profiles]]\nname = \"flux\"\npatterns = [\"*flux*\"]\ninference_memory_mib = 4096\n[profiles.options]\nsd_model_checkpoint = \"flux1-dev-Q4_0.gguf\"\n",
+        )
+        .unwrap();
+        let catalog = catalog();
+        let now = current("e9c9d702d0", 4096.0, "flux");
+        let plan = run_with(
+            &config,
+            Some("flux"),
+            "{}",
+            &now,
+            Some(12288),
+            Some(&catalog),
+        );
+        assert!(
+            !plan.options.contains_key("sd_model_checkpoint"),
+            "{:?}",
+            plan.options
+        );
+        let sd = current("v1-5-pruned-emaonly", 4096.0, "flux");
+        let plan = run_with(
+            &config,
+            Some("flux"),
+            "{}",
+            &sd,
+            Some(12288),
+            Some(&catalog),
+        );
+        assert_eq!(plan.options["sd_model_checkpoint"], "flux1-dev-Q4_0.gguf");
     }
 
     #[test]

@@ -66,11 +66,7 @@ impl Forwarder {
         route: Route<'_>,
         mut request: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = content_length(request.headers());
         if declared.is_some_and(|n| n > self.max_request_body) {
             return Err(ProxyError::BodyTooLarge {
                 limit: self.max_request_body,
@@ -131,6 +127,7 @@ impl Forwarder {
             }
         }
         hop::strip_hop_by_hop(response.headers_mut());
+        relative_location(route.backend, response.headers_mut());
         Ok(response.map(Body::new))
     }
 
@@ -166,7 +163,7 @@ impl Forwarder {
         body: Option<Bytes>,
         authorization: Option<&HeaderValue>,
         timeout: Option<Duration>,
-    ) -> Result<(StatusCode, Bytes), CallError> {
+    ) -> Result<CallAnswer, CallError> {
         let uri = backend_uri(backend, &Uri::from_static(path))
             .map_err(|e| CallError::Failed(e.to_string()))?;
         let mut request = Request::builder().method(method).uri(uri);
@@ -188,13 +185,17 @@ impl Forwarder {
                     CallError::Failed(root_cause(&e))
                 }
             })?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), OWN_CALL_MAX_BODY)
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, OWN_CALL_MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| CallError::Failed(e.to_string()))?
                 .to_bytes();
-            Ok((status, body))
+            Ok(CallAnswer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         };
         match timeout {
             Some(after) => tokio::time::timeout(after, exchange)
@@ -202,6 +203,52 @@ impl Forwarder {
                 .map_err(|_| CallError::Timeout(after))?,
             None => exchange.await,
         }
+    }
+}
+
+/// The whole answer to one of the proxy's own calls.
+#[derive(Debug, Clone)]
+pub struct CallAnswer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The declared `Content-Length`, when it is a number.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// A `Location` that points at the backend itself (Starlette builds absolute redirects from
+/// the `Host` it was sent, e.g. its 307 for a trailing slash) becomes a path, so a client that
+/// follows it comes back through the proxy instead of going around it; what nginx's
+/// `proxy_redirect default` does. Other locations are left alone.
+fn relative_location(backend: &Backend, headers: &mut http::HeaderMap) {
+    let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let origin = format!("{}://{}", backend.scheme, backend.authority);
+    let Some(rest) = location.strip_prefix(&origin) else {
+        return;
+    };
+    let Some(rest) = rest.strip_prefix(backend.base_path.as_str()) else {
+        return;
+    };
+    let path = match rest {
+        "" => "/",
+        rest if rest.starts_with(['/', '?']) => rest,
+        _ => return,
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    if let Ok(value) = HeaderValue::from_str(&path) {
+        headers.insert(header::LOCATION, value);
     }
 }
 
@@ -285,6 +332,29 @@ fn to_usize(n: u64) -> usize {
 mod tests {
     use super::*;
     use crate::config::from_toml_str;
+
+    #[test]
+    fn locations_on_the_backend_become_paths_through_the_proxy() {
+        let config = from_toml_str("[[backends]]\nurl = \"http://gpu:7861/forge\"\n").unwrap();
+        let backend = &config.backends[0];
+        let located = |location: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::LOCATION, HeaderValue::from_str(location).unwrap());
+            relative_location(backend, &mut headers);
+            headers[header::LOCATION].to_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            located("http://gpu:7861/forge/sdapi/v1/txt2img?a=1"),
+            "/sdapi/v1/txt2img?a=1"
+        );
+        assert_eq!(located("http://gpu:7861/forge"), "/");
+        assert_eq!(
+            located("http://gpu:7861/forgery"),
+            "http://gpu:7861/forgery"
+        );
+        assert_eq!(located("http://elsewhere/x"), "http://elsewhere/x");
+        assert_eq!(located("/already/relative"), "/already/relative");
+    }
 
     #[test]
     fn backend_uri_keeps_path_and_query_bytes_and_adds_prefix() {

@@ -1,6 +1,12 @@
-//! Routing. Every request is observed first (id, metrics, access log), then goes to the
-//! proxy's own routes under `/proxy/` (an axum router), or is proxied: generation routes,
-//! a client's options call, and pass-through for everything else (any method, any path).
+//! The door: every request is classified once ([`route`]), observed (id, metrics, access
+//! log), then answered by the proxy's own routes under `/proxy/` (an axum router) or
+//! proxied: generations, a client's options call, and pass-through for everything else
+//! (any method, any path). `X-Forge-Model-Type` never reaches Forge, on any route.
+
+pub mod observe;
+pub mod pass_through;
+pub mod request;
+pub mod route;
 
 use std::net::IpAddr;
 
@@ -9,24 +15,19 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::{Method, Request, StatusCode};
+use http::{Request, StatusCode};
 use serde_json::json;
 use tower::ServiceExt;
 
-pub mod observe;
-
-use crate::backend::health;
-use crate::error::{respond, ProxyError};
-use crate::forward::Route;
+use crate::error::ProxyError;
+use crate::generation::MODEL_TYPE_HEADER;
 use crate::proxy::observe::observe;
+use crate::proxy::route::Route;
+use crate::scheduler::Follow;
 use crate::state::AppState;
 use crate::{client_options, generation, status};
 
-/// Forge's options route: a client's POST there is inspected (memory keys, checkpoint).
-pub const OPTIONS_PATH: &str = "/sdapi/v1/options";
-
-/// The prefix reserved for the proxy's own routes; nothing under it reaches a backend.
-pub const OWN_PREFIX: &str = "/proxy/";
+pub use route::OWN_PREFIX;
 
 /// The whole proxy as one service: `handle` answers any request.
 #[derive(Clone)]
@@ -65,81 +66,44 @@ impl Proxy {
     /// services, request extensions) cost about a tenth of the proxy's CPU time (measured
     /// with `bench/run --only small`).
     pub async fn handle(&self, client: Option<IpAddr>, request: Request<Body>) -> Response {
-        observe(&self.state, request, |request| {
-            self.dispatch(client, request)
+        let routes = &self.state.config.generation_routes;
+        let route = Route::classify(request.method(), request.uri().path(), routes);
+        observe(&self.state, route.label(routes), request, |request| {
+            self.dispatch(route, client, request)
         })
         .await
     }
 
-    async fn dispatch(&self, client: Option<IpAddr>, request: Request<Body>) -> Response {
+    async fn dispatch(
+        &self,
+        route: Route,
+        client: Option<IpAddr>,
+        mut request: Request<Body>,
+    ) -> Response {
         let state = &self.state;
-        let path = request.uri().path();
-        if path.starts_with(OWN_PREFIX) {
+        if route == Route::Own {
             return match self.own_routes.clone().oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
         }
-        let is_post = request.method() == Method::POST;
-        if is_post && state.config.generation_routes.iter().any(|r| r == path) {
-            generation::handle(state.clone(), client, request).await
-        } else if is_post && path == OPTIONS_PATH {
-            client_options::handle(state.clone(), client, request).await
-        } else {
-            forward_to_backend(state, client, request, RouteKind::PassThrough).await
+        let model_type = request.headers_mut().remove(MODEL_TYPE_HEADER);
+        match route {
+            Route::Generation(generation) => {
+                generation::handle(state.clone(), client, generation, model_type, request).await
+            }
+            Route::Options => client_options::handle(state.clone(), client, request).await,
+            Route::RefreshCheckpoints => {
+                pass_through::refresh_checkpoints(state, client, request).await
+            }
+            Route::FollowsGeneration => {
+                pass_through::forward(state, client, request, Follow::ClientsGeneration).await
+            }
+            Route::Own | Route::PassThrough => {
+                pass_through::forward(state, client, request, Follow::Any).await
+            }
         }
     }
-}
-
-/// Whether a request is a generation (inspected, no timeout by default) or plain traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteKind {
-    Generation,
-    PassThrough,
-}
-
-/// Forwards to a backend with the route's timeout; the proxy's own errors become responses.
-/// Requests that are not generations go where `Scheduler::pass_through_backend` says.
-pub async fn forward_to_backend(
-    state: &AppState,
-    client_ip: Option<IpAddr>,
-    request: Request<Body>,
-    kind: RouteKind,
-) -> Response {
-    let index = state
-        .scheduler
-        .pass_through_backend(request.uri().path(), client_ip);
-    respond(
-        forward_to(state, index, client_ip, request, kind).await,
-        "answered with the proxy's own error",
-    )
-}
-
-/// Forwards to backend `index`, telling health what it saw.
-pub async fn forward_to(
-    state: &AppState,
-    index: usize,
-    client_ip: Option<IpAddr>,
-    request: Request<Body>,
-    kind: RouteKind,
-) -> Result<Response, ProxyError> {
-    let backend = &state.backends[index].config;
-    let route = Route {
-        backend,
-        timeout: state
-            .config
-            .timeout_for(request.uri().path(), kind == RouteKind::Generation),
-        client_ip,
-    };
-    let result = state.forwarder.forward(route, request).await;
-    match &result {
-        Ok(response) => health::observe_status(state, index, response.status()),
-        Err(ProxyError::BackendUnreachable { reason, .. }) => {
-            health::observe_unreachable(state, index, reason)
-        }
-        Err(_) => {}
-    }
-    result
 }
 
 /// Liveness: the process answers.

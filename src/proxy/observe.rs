@@ -16,7 +16,7 @@ use http_body::{Frame, SizeHint};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use crate::config::{Config, LogFormat};
+use crate::config::LogFormat;
 use crate::state::AppState;
 
 /// Request ids travel in this header: accepted from the client, else generated, and forwarded.
@@ -47,11 +47,17 @@ pub fn init_tracing(format: LogFormat, level: &str) {
 ///
 /// - The id is the client's `x-request-id`, else a new UUID; it is forwarded to the backend
 ///   and returned in the response (unless the response carries one already).
-/// - Counted by route and status for `/proxy/metrics` once the response head is ready.
+/// - Counted by `route` (the label of the request's [`Route`](crate::proxy::route::Route))
+///   and status for `/proxy/metrics` once the response head is ready.
 /// - One access-log line, written when the body has been sent (so it carries the real byte
 ///   count and duration). It logs the path without its query string and no headers, so
 ///   credentials, cookies and tokens never reach the log.
-pub async fn observe<Next, Handled>(state: &AppState, mut request: Request, next: Next) -> Response
+pub async fn observe<Next, Handled>(
+    state: &AppState,
+    route: Cow<'static, str>,
+    mut request: Request,
+    next: Next,
+) -> Response
 where
     Next: FnOnce(Request) -> Handled,
     Handled: Future<Output = Response>,
@@ -64,7 +70,6 @@ where
             id
         }
     };
-    let route = metrics_route(&state.config, request.method(), request.uri().path());
     // With the access log filtered out (e.g. `level = "warn"`), nothing is kept for it.
     let entry = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| AccessEntry {
         started: Instant::now(),
@@ -97,24 +102,6 @@ fn new_request_id() -> HeaderValue {
     let mut text = Uuid::encode_buffer();
     let text = Uuid::new_v4().hyphenated().encode_lower(&mut text);
     HeaderValue::from_str(text).expect("a UUID is a valid header value")
-}
-
-/// The metrics' `route` label: "proxy" for the proxy's own routes, the generation's last path
-/// segment ("txt2img"), "options" for a client's options call, else "pass_through".
-fn metrics_route(config: &Config, method: &Method, path: &str) -> Cow<'static, str> {
-    if path.starts_with(crate::proxy::OWN_PREFIX) {
-        "proxy".into()
-    } else if method == Method::POST && config.generation_routes.iter().any(|r| r == path) {
-        path.rsplit('/')
-            .next()
-            .unwrap_or("generation")
-            .to_owned()
-            .into()
-    } else if method == Method::POST && path == crate::proxy::OPTIONS_PATH {
-        "options".into()
-    } else {
-        "pass_through".into()
-    }
 }
 
 struct AccessEntry {

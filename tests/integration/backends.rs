@@ -396,46 +396,59 @@ async fn progress_polls_follow_the_clients_running_generation() {
 }
 
 #[tokio::test]
-async fn configured_backend_credentials_serve_the_proxys_own_calls() {
+async fn a_client_forge_refuses_gets_forges_401_and_changes_nothing() {
+    // Forge's --api-auth decides what a client may do, behind the proxy as without it: the
+    // proxy's calls for a client carry that client's credentials, whatever `auth` the
+    // backend has configured for the proxy's own background calls.
     let sim = sim_with(|c| c.api_auth = Some("forge:s3cret".into())).await;
-    let with_auth = Proxy::start_toml(&backend_toml(&sim.url(), "auth = \"forge:s3cret\"")).await;
-    // The client sends no credentials: the proxy's own options calls still work, and Forge
-    // answers the generation itself with its 401, as it would without the proxy.
+    for configured in ["auth = \"forge:s3cret\"", ""] {
+        let proxy = Proxy::start_toml(&backend_toml(&sim.url(), configured)).await;
+        for (credentials, detail) in [
+            (None, "Not authenticated"),
+            (Some("guess"), "Incorrect username or password"),
+        ] {
+            // Flux over the SD 1.5 Forge has: a memory change, were it allowed.
+            let mut request =
+                client()
+                    .post(proxy.url("/sdapi/v1/txt2img"))
+                    .json(&body(FLUX, "task(refused)", 2));
+            if let Some(password) = credentials {
+                request = request.basic_auth("forge", Some(password));
+            }
+            let response = request.send().await.unwrap();
+            let what = format!("{configured:?}, {credentials:?}");
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+            assert_eq!(response.headers()["www-authenticate"], "Basic", "{what}");
+            assert!(response.headers().get("x-forge-proxy-error").is_none());
+            assert_eq!(
+                response.json::<Value>().await.unwrap(),
+                json!({"detail": detail}),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            crate::support::journal_of(&sim, "options"),
+            Vec::<Value>::new(),
+            "nothing changed for a refused client ({configured})"
+        );
+    }
+    // The right credentials: managed as before.
+    let proxy = Proxy::start_toml(&backend_toml(&sim.url(), "")).await;
     let response = client()
-        .post(with_auth.url("/sdapi/v1/txt2img"))
-        .json(&body(SD15, "task(auth)", 2))
+        .post(proxy.url("/sdapi/v1/txt2img"))
+        .basic_auth("forge", Some("s3cret"))
+        .json(&body(FLUX, "task(allowed)", 2))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let options_changes = crate::support::journal_of(&sim, "options");
-    assert_eq!(
-        options_changes.len(),
-        1,
-        "the proxy set the memory with its own credentials"
-    );
-    assert_eq!(
-        options_changes[0]["changed"]["forge_inference_memory"],
-        10240.0
-    );
-
-    let without = Proxy::start_toml(&backend_toml(&sim.url(), "")).await;
-    let response = client()
-        .post(without.url("/sdapi/v1/txt2img"))
-        .json(&body(SD15, "task(noauth)", 2))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-    let answer: Value = response.json().await.unwrap();
-    assert_eq!(
-        answer["message"],
-        format!(
-            "forge-vram-proxy: could not prepare backend {} for the generation, which was not sent: \
-             GET /sdapi/v1/options: backend answered 401: Not authenticated",
-            sim.url()
-        )
-    );
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-forge-proxy-profile"], "flux");
+    let proxys_calls: Vec<Value> = crate::support::journal_of(&sim, "options")
+        .into_iter()
+        .filter(|e| e["source"] == "api")
+        .collect();
+    assert_eq!(proxys_calls.len(), 1, "{proxys_calls:?}");
+    assert_eq!(proxys_calls[0]["changed"]["forge_inference_memory"], 4096.0);
 }
 
 /// Polls `/proxy/status` until the first backend's health note is no longer "not checked yet".

@@ -22,9 +22,11 @@ async fn plan_answers_the_decision_without_changing_forge() {
     let answer: Value = response.json().await.unwrap();
     let plan = &answer["plan"];
     assert_eq!(plan["profile"], "flux");
+    // The name as Forge resolves it: the checkpoint's title.
+    let title = crate::support::title_of(&sim, FLUX).await;
     assert_eq!(
         plan["why_profile"],
-        json!({"source": "override_checkpoint", "value": FLUX})
+        json!({"source": "override_checkpoint", "value": title})
     );
     // 2 MP: 1 MP beyond the reference, 1536 MiB more reserve than the 4096 floor.
     assert_eq!(plan["computed"]["reserve_mib"], 5632);

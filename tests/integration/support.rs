@@ -282,6 +282,19 @@ pub fn txt2img_with(checkpoint: &str) -> String {
 }
 
 /// The simulator's journal entries of one kind.
+/// The title of one of the simulator's checkpoints, as `sd-models` lists it.
+pub async fn title_of(sim: &SimServer, file: &str) -> String {
+    let models = get_json(format!("{}/sdapi/v1/sd-models", sim.url())).await;
+    models
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["title"].as_str())
+        .find(|title| title.starts_with(&format!("{file} [")))
+        .unwrap_or_else(|| panic!("{file} is not in the catalog: {models}"))
+        .to_owned()
+}
+
 pub fn journal_of(sim: &SimServer, kind: &str) -> Vec<serde_json::Value> {
     sim.state()
         .journal()

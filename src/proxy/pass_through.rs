@@ -1,0 +1,90 @@
+//! Requests the proxy does not manage: forwarded to a backend as they are, streaming, with
+//! the route's timeout; and the one forwarding step every request shares, which tells
+//! health what it saw.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::Request;
+
+use crate::backend::health;
+use crate::error::{respond, ProxyError};
+use crate::forward::Route as Forwarding;
+use crate::proxy::route;
+use crate::scheduler::Follow;
+use crate::state::AppState;
+
+/// Forwards to the backend `follow` points at, with the path's timeout; the proxy's own
+/// errors become responses.
+pub async fn forward(
+    state: &AppState,
+    client: Option<IpAddr>,
+    request: Request<Body>,
+    follow: Follow,
+) -> Response {
+    let index = state.scheduler.pass_through_backend(follow, client);
+    let timeout = state
+        .config
+        .pass_through_timeout(&route::decode(request.uri().path()));
+    respond(
+        forward_to(state, index, client, request, timeout).await,
+        "answered with the proxy's own error",
+    )
+}
+
+/// `POST /sdapi/v1/refresh-checkpoints`: forwarded, and once Forge has re-read its models
+/// folder, the backend's catalog is read again before its next use.
+pub async fn refresh_checkpoints(
+    state: &AppState,
+    client: Option<IpAddr>,
+    request: Request<Body>,
+) -> Response {
+    let index = state.scheduler.pass_through_backend(Follow::Any, client);
+    let timeout = state.config.pass_through_timeout(request.uri().path());
+    let result = forward_to(state, index, client, request, timeout).await;
+    if result.as_ref().is_ok_and(|r| r.status().is_success()) {
+        state.backends[index].catalog_changed();
+    }
+    respond(result, "answered with the proxy's own error")
+}
+
+/// A generation the proxy leaves to Forge (one Forge refuses), with the generation timeout.
+pub async fn forward_untouched_generation(
+    state: &AppState,
+    client: Option<IpAddr>,
+    request: Request<Body>,
+) -> Response {
+    let index = state.scheduler.pass_through_backend(Follow::Any, client);
+    let timeout = state.config.timeouts.generation;
+    respond(
+        forward_to(state, index, client, request, timeout).await,
+        "answered with the proxy's own error",
+    )
+}
+
+/// Forwards to backend `index`, waiting `timeout` at most for its response headers, and
+/// tells health what it saw.
+pub async fn forward_to(
+    state: &AppState,
+    index: usize,
+    client: Option<IpAddr>,
+    request: Request<Body>,
+    timeout: Option<Duration>,
+) -> Result<Response, ProxyError> {
+    let forwarding = Forwarding {
+        backend: &state.backends[index].config,
+        timeout,
+        client_ip: client,
+    };
+    let result = state.forwarder.forward(forwarding, request).await;
+    match &result {
+        Ok(response) => health::observe_status(state, index, response.status()),
+        Err(ProxyError::BackendUnreachable { reason, .. }) => {
+            health::observe_unreachable(state, index, reason)
+        }
+        Err(_) => {}
+    }
+    result
+}
