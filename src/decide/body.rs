@@ -411,6 +411,31 @@ mod tests {
         assert_eq!(read(br#"{"width": 1.5}"#).refusal(None), None);
     }
 
+    proptest::proptest! {
+        /// Whatever numbers a client writes, reading the size never panics, and the sizes
+        /// the policy gets are what Forge would compute with, saturated.
+        #[test]
+        fn any_numbers_read_as_a_size(
+            width in proptest::prelude::any::<f64>(),
+            height in proptest::prelude::any::<i64>(),
+            batch in proptest::prelude::any::<u64>(),
+            scale in proptest::prelude::any::<f64>(),
+            resize in proptest::prelude::any::<i64>(),
+        ) {
+            let text = format!(
+                r#"{{"width": {width:?}, "height": {height}, "batch_size": {batch}, "enable_hr": true, "hr_scale": {scale:?}, "hr_resize_y": {resize}}}"#
+            );
+            let text = text.replace("inf", "Infinity");
+            if let Ok(body) = GenerationBody::read(None, text.as_bytes()) {
+                let size = body.size();
+                let policy = crate::Config::default().profiles[0].policy.clone();
+                let decided = crate::decide::policy::decide(&policy, 12288, 0, &size);
+                proptest::prop_assert!(decided.inference_mib <= 12288);
+                let _ = body.refusal(Some(GenerationRoute::Txt2Img));
+            }
+        }
+    }
+
     #[test]
     fn render_keeps_untouched_members_byte_for_byte_in_order() {
         let bytes = br#"{"prompt": "a  cat", "init_images": ["iVBOR\u0041w"], "cfg_scale": NaN, "override_settings": {"forge_inference_memory": 1024, "x": Infinity}}"#;

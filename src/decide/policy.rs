@@ -74,9 +74,19 @@ pub struct MemoryDecision {
     /// The compute reserve the request needs (auto policy only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserve_mib: Option<u64>,
-    /// Set when a limit changed the value: "low_vram_floor" or "card_size".
+    /// Set when a limit changed the value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub clamped: Option<&'static str>,
+    pub clamped: Option<Clamp>,
+}
+
+/// The limit that changed a computed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clamp {
+    /// Raised to Forge's low-VRAM threshold.
+    LowVramFloor,
+    /// Lowered to what the card has.
+    CardSize,
 }
 
 /// Forge's low-VRAM threshold for a card: `min(512, 5% of total)`, rounded up.
@@ -114,8 +124,9 @@ pub fn decide(
             reference_megapixels,
         } => {
             let extra_mp = (size.megapixels() - reference_megapixels).max(0.0);
-            let reserve =
-                *min_inference_mib + (extra_mp * *inference_per_megapixel_mib as f64).ceil() as u64;
+            // Saturating: a request of absurd size asks for the whole card, it does not wrap.
+            let reserve = min_inference_mib
+                .saturating_add((extra_mp * *inference_per_megapixel_mib as f64).ceil() as u64);
             reserve_mib = Some(reserve);
             let weights = (*weights_mib).min(usable.saturating_sub(reserve));
             i128::from(usable) - i128::from(weights)
@@ -125,17 +136,20 @@ pub fn decide(
     // `free - inference`, and other programs' memory is not free.
     let wanted = wanted_inference;
     let floor = i128::from(low_vram_threshold_mib(total_mib));
+    // Other programs' memory is not the proxy's to give, but the floor holds even when they
+    // leave less than it.
+    let ceiling = i128::from(usable).max(floor);
     let (inference, clamped) = if wanted < floor {
-        (floor, Some("low_vram_floor"))
-    } else if wanted > i128::from(usable) {
-        (i128::from(usable), Some("card_size"))
+        (floor, Some(Clamp::LowVramFloor))
+    } else if wanted > ceiling {
+        (ceiling, Some(Clamp::CardSize))
     } else {
         (wanted, None)
     };
     let inference_mib = u64::try_from(inference).unwrap_or(usable);
     MemoryDecision {
         inference_mib,
-        gpu_weights_mib: total_mib - inference_mib,
+        gpu_weights_mib: total_mib.saturating_sub(inference_mib),
         usable_mib: usable,
         reserve_mib,
         clamped,
@@ -259,7 +273,10 @@ mod tests {
             gpu_weights_mib: 99_999,
         };
         let d = decide(&greedy, 24576, 0, &RequestSize::default());
-        assert_eq!((d.inference_mib, d.clamped), (512, Some("low_vram_floor")));
+        assert_eq!(
+            (d.inference_mib, d.clamped),
+            (512, Some(Clamp::LowVramFloor))
+        );
         // A 4 GiB card: 5% is 204.8, rounded up.
         let d = decide(&greedy, 4096, 0, &RequestSize::default());
         assert_eq!((d.inference_mib, d.gpu_weights_mib), (205, 3891));
@@ -274,7 +291,7 @@ mod tests {
         let d = decide(&fixed, 12288, 0, &RequestSize::default());
         assert_eq!(
             (d.inference_mib, d.gpu_weights_mib, d.clamped),
-            (12288, 0, Some("card_size"))
+            (12288, 0, Some(Clamp::CardSize))
         );
     }
 
@@ -293,6 +310,57 @@ mod tests {
         // SD 1.5's reserve is whatever its weights leave: 2 GiB less with 2 GiB taken.
         let sd = decide(&sd15(), 12288, 2048, &RequestSize::default());
         assert_eq!(sd.inference_mib, 8192);
+    }
+
+    proptest::proptest! {
+        /// Whatever the request's size and the card, the value is a split Forge accepts:
+        /// at least its low-VRAM threshold, at most the card, and nothing panics or wraps.
+        #[test]
+        fn any_request_on_any_card_gets_a_value_between_the_floor_and_the_card(
+            width in proptest::prelude::any::<u32>(),
+            height in proptest::prelude::any::<u32>(),
+            batch_size in proptest::prelude::any::<u32>(),
+            hires in proptest::option::of((proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>())),
+            total in 0u64..(1 << 24),
+            other_share in 0.0f64..=1.5,
+            which in 0usize..7,
+            knob in proptest::prelude::any::<u64>(),
+            percent in -50.0f64..250.0,
+        ) {
+            let size = RequestSize { width, height, batch_size, hires };
+            let policy = match which {
+                0 => flux(),
+                1 => sdxl(),
+                2 => sd15(),
+                3 => MemoryPolicy::Fixed { inference_mib: knob },
+                4 => MemoryPolicy::Weights { gpu_weights_mib: knob },
+                5 => MemoryPolicy::WeightsPercent { gpu_weights_percent: percent },
+                _ => MemoryPolicy::Auto {
+                    weights_mib: knob,
+                    min_inference_mib: knob.rotate_left(17),
+                    inference_per_megapixel_mib: knob.rotate_left(31),
+                    reference_megapixels: 0.0,
+                },
+            };
+            let other = (total as f64 * other_share) as u64;
+            let d = decide(&policy, total, other, &size);
+            proptest::prop_assert!(d.inference_mib >= low_vram_threshold_mib(total));
+            proptest::prop_assert!(d.inference_mib <= total);
+            proptest::prop_assert_eq!(d.gpu_weights_mib, total - d.inference_mib);
+        }
+    }
+
+    #[test]
+    fn an_absurd_request_asks_for_the_whole_card() {
+        let absurd = RequestSize {
+            width: u32::MAX,
+            height: u32::MAX,
+            batch_size: u32::MAX,
+            hires: Some((u32::MAX, u32::MAX)),
+        };
+        let d = decide(&flux(), 12288, 0, &absurd);
+        assert_eq!(d.reserve_mib, Some(u64::MAX));
+        assert_eq!((d.inference_mib, d.gpu_weights_mib), (12288, 0));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod backends;
 mod cli;
+mod edges;
 mod failures;
 mod gzip;
 mod nginx;
