@@ -715,6 +715,7 @@ impl Scheduler {
                         .waiting
                         .iter()
                         .map(|w| WaitingStatus {
+                            work: w.work,
                             profile: name(w.profile),
                             waited_ms: w.arrived.elapsed().as_millis() as u64,
                             bypassed: w.bypassed,
@@ -771,6 +772,7 @@ pub struct RunningStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WaitingStatus {
+    pub work: Work,
     pub profile: Option<String>,
     pub waited_ms: u64,
     pub bypassed: u32,
@@ -830,6 +832,21 @@ impl Grant {
     pub fn completed(&self, took: Duration) {
         self.scheduler
             .learn(self.profile, took, self.switches_profile);
+    }
+
+    /// The prepare stage decided the profile (from the backend's checkpoint, when the
+    /// request named none): the backend runs it, and has it loaded afterwards.
+    pub fn planned(&mut self, profile: usize) {
+        let mut queues = self.scheduler.lock();
+        let lane = &mut queues.lanes[self.backend];
+        if self.profile != Some(profile) {
+            self.switches_profile = lane.loaded.is_some_and(|loaded| loaded != profile);
+        }
+        if let Some(running) = lane.running.as_mut().filter(|r| r.ticket == self.ticket) {
+            running.profile = Some(profile);
+        }
+        lane.loaded = Some(profile);
+        self.profile = Some(profile);
     }
 
     /// The client of this work went away: `/proxy/status` shows the backend still held.

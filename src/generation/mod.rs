@@ -107,13 +107,16 @@ async fn run(
             .scheduler
             .enqueue(wanted, client, &exclude)
             .map_err(ProxyError::Refused)?;
-        let (grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
+        let (mut grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
         let backend = grant.backend();
         state
             .metrics
             .queue_wait(&state.backends[backend].config.url, waited.as_secs_f64());
         let attempt = match prepare::prepare(&generation, backend).await {
-            Ok(prepared) => send::send(&generation, grant, prepared).await,
+            Ok(prepared) => {
+                grant.planned(prepared.plan.profile);
+                send::send(&generation, grant, prepared).await
+            }
             Err(error) => Err(error),
         };
         let error = match attempt {

@@ -532,3 +532,67 @@ async fn a_cold_burst_of_mixed_generations_uses_both_idle_backends() {
         flux_on(&b)
     );
 }
+
+/// Polls `/proxy/status` until `ready` holds for it.
+async fn status_until(proxy: &Proxy, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..500 {
+        let status = get_json(proxy.url("/proxy/status")).await;
+        if ready(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never saw {what}");
+}
+
+#[tokio::test]
+async fn a_clients_options_call_waits_its_turn_and_shows_as_queued_work() {
+    let (sim, proxy) = slow_flux_setup("").await;
+    let long = tokio::spawn(
+        client()
+            .post(proxy.url("/sdapi/v1/txt2img"))
+            .json(
+                &json!({"prompt": "long", "steps": 300, "width": 1024, "height": 1024,
+                          "override_settings": {"sd_model_checkpoint": FLUX}}),
+            )
+            .send(),
+    );
+    status_until(&proxy, "the generation running", |s| {
+        s["backends"][0]["running"]["work"] == "generation"
+    })
+    .await;
+    let change = tokio::spawn(
+        client()
+            .post(proxy.url("/sdapi/v1/options"))
+            .json(&json!({"sd_model_checkpoint": SDXL}))
+            .send(),
+    );
+    let status = status_until(&proxy, "the options call queued", |s| {
+        s["backends"][0]["queue"][0]["work"] == "options"
+    })
+    .await;
+    assert_eq!(status["backends"][0]["queue"][0]["profile"], "sdxl");
+    assert_eq!(change.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(long.await.unwrap().unwrap().status(), StatusCode::OK);
+
+    let generation = last_generation(&sim);
+    let change = api_options(&sim).pop().unwrap();
+    assert_eq!(change["changed"]["sd_model_checkpoint"], SDXL);
+    assert_eq!(change["changed"]["forge_inference_memory"], 5632.0);
+    assert!(
+        change["at_ms"].as_f64() >= generation["ended_ms"].as_f64(),
+        "the change waited for the generation: {change} {generation}"
+    );
+    let metrics = reqwest::get(proxy.url("/proxy/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waits = metrics
+        .lines()
+        .find(|l| l.starts_with("forge_proxy_queue_wait_seconds_count"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(waits.ends_with(" 2"), "both waited in the queue: {waits}");
+}
