@@ -81,7 +81,10 @@ pub fn router(state: SimState) -> Router<SimState> {
             authed(post(unload_checkpoint)),
         )
         .route("/sdapi/v1/reload-checkpoint", authed(post(empty_object)))
-        .route("/sdapi/v1/refresh-checkpoints", authed(post(null)))
+        .route(
+            "/sdapi/v1/refresh-checkpoints",
+            authed(post(refresh_checkpoints)),
+        )
         .route("/sdapi/v1/refresh-vae", authed(post(null)))
         .route("/sdapi/v1/refresh-embeddings", authed(post(null)))
         .route("/sdapi/v1/loras", get(empty_list))
@@ -729,6 +732,12 @@ async fn interrupt(State(state): State<SimState>) -> Json<Value> {
 /// The running iteration ends at its next step; answers `null`.
 async fn skip(State(state): State<SimState>) -> Json<Value> {
     state.job().skip();
+    Json(Value::Null)
+}
+
+/// `sd_models.list_models()`: files added to the folder since start are listed from now.
+async fn refresh_checkpoints(State(state): State<SimState>) -> Json<Value> {
+    state.refresh_checkpoints();
     Json(Value::Null)
 }
 

@@ -304,6 +304,16 @@ impl Backend {
         forge_total(self.vram_mib) as f64
     }
 
+    /// The checkpoints as Forge lists them now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+
+    /// The catalog built again (`refresh-checkpoints`); what is selected and loaded stays.
+    pub fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.catalog = catalog;
+    }
+
     /// Puts the model the loading parameters name on the card for a
     /// generation: from its file when those parameters changed since it was
     /// loaded, from RAM after a memory refresh or an unload, else not at all.

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, UnknownCheckpoint};
 use crate::checkpoint::Catalog;
-use crate::config::SimConfig;
+use crate::config::{CheckpointSpec, SimConfig};
 use crate::error::ApiError;
 use crate::images::{ImageCache, SplitMix64};
 use crate::journal::{Journal, Source};
@@ -24,7 +24,9 @@ pub struct SimState {
 struct Inner {
     config: SimConfig,
     credentials: Vec<(String, String)>,
-    catalog: Arc<Catalog>,
+    /// The checkpoint files in the models folder; the catalog is built from them at start
+    /// and again by `refresh-checkpoints`.
+    disk: Mutex<Vec<CheckpointSpec>>,
     backend: Mutex<Backend>,
     journal: Mutex<Journal>,
     job: Mutex<JobState>,
@@ -47,9 +49,9 @@ impl SimState {
         SimState {
             inner: Arc::new(Inner {
                 credentials: config.credentials(),
-                backend: Mutex::new(Backend::new(config.vram_mib, catalog.clone())),
+                backend: Mutex::new(Backend::new(config.vram_mib, catalog)),
                 images: ImageCache::new(config.image_bytes),
-                catalog,
+                disk: Mutex::new(config.checkpoints.clone()),
                 journal: Mutex::new(Journal::default()),
                 job: Mutex::new(JobState::default()),
                 queue: tokio::sync::Mutex::new(()),
@@ -101,8 +103,22 @@ impl SimState {
         &self.inner.credentials
     }
 
-    pub(crate) fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+    /// The checkpoints Forge lists now.
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
+        self.backend().catalog()
+    }
+
+    /// A checkpoint file put in the models folder: Forge lists it after
+    /// `refresh-checkpoints` (or a restart), not before.
+    pub fn add_checkpoint_file(&self, spec: CheckpointSpec) {
+        lock(&self.inner.disk).push(spec);
+    }
+
+    /// `POST /sdapi/v1/refresh-checkpoints` (`sd_models.list_models`): the catalog and its
+    /// aliases are built again from the folder.
+    pub(crate) fn refresh_checkpoints(&self) {
+        let specs = lock(&self.inner.disk).clone();
+        self.backend().set_catalog(Arc::new(Catalog::new(&specs)));
     }
 
     pub(crate) fn backend(&self) -> MutexGuard<'_, Backend> {

@@ -596,3 +596,36 @@ async fn a_clients_options_call_waits_its_turn_and_shows_as_queued_work() {
         .to_owned();
     assert!(waits.ends_with(" 2"), "both waited in the queue: {waits}");
 }
+
+#[tokio::test]
+async fn a_checkpoint_listed_after_refresh_checkpoints_is_resolved_at_once() {
+    let sim = sim_with(|_| {}).await;
+    let proxy = Proxy::start(&sim.url(), "").await;
+    let generate = |checkpoint: &'static str| {
+        client()
+            .post(proxy.url("/sdapi/v1/txt2img"))
+            .json(&json!({"prompt": "new", "steps": 1,
+                          "override_settings": {"sd_model_checkpoint": checkpoint}}))
+            .send()
+    };
+    // A new file in Forge's models folder: not listed, so not a name Forge knows, until
+    // refresh-checkpoints.
+    sim.state()
+        .add_checkpoint_file("my-flux-finetune.safetensors:flux".parse().unwrap());
+    let before = generate("my-flux-finetune").await.unwrap();
+    assert_eq!(before.headers()["x-forge-proxy-profile"], "sd15");
+    assert_eq!(last_generation(&sim)["checkpoint"], SD15);
+
+    let refreshed = client()
+        .post(proxy.url("/sdapi/v1/refresh-checkpoints"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    // At once, well within the interval between catalog reads for a missing name.
+    let after = generate("my-flux-finetune").await.unwrap();
+    assert_eq!(after.headers()["x-forge-proxy-profile"], "flux");
+    let ran = last_generation(&sim);
+    assert_eq!(ran["checkpoint"], "my-flux-finetune.safetensors");
+    assert_eq!(ran["forge_inference_memory"], 4096.0);
+}

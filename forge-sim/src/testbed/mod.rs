@@ -29,6 +29,21 @@ pub fn router() -> Router<SimState> {
         .route("/sim/echo", any(echo::echo))
         .route("/sim/echo/{*rest}", any(echo::echo))
         .route("/sim/delay", any(delay))
+        .route("/sim/checkpoints", axum::routing::post(add_checkpoint))
+}
+
+/// `POST /sim/checkpoints` with `FILE[:FAMILY[:WEIGHTS_MIB]]` as the body: a checkpoint file
+/// put in the models folder. Forge lists it after `POST /sdapi/v1/refresh-checkpoints`.
+async fn add_checkpoint(
+    State(state): State<SimState>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let spec: crate::config::CheckpointSpec = body
+        .parse()
+        .map_err(|e: String| ApiError::http(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let added = spec.to_string();
+    state.add_checkpoint_file(spec);
+    Ok(Json(json!({ "added": added })))
 }
 
 /// `GET /sim/journal`: every options change and generation so far.

@@ -265,3 +265,47 @@ async fn options_look_like_forges() {
     }
     assert_eq!(options.as_object().unwrap().len(), 331);
 }
+
+#[tokio::test]
+async fn a_file_added_to_the_folder_is_a_checkpoint_after_refresh_checkpoints() {
+    let server = sim(fast()).await;
+    let added = reqwest::Client::new()
+        .post(format!("{}/sim/checkpoints", server.url()))
+        .body("new/model-xl.safetensors:sdxl:6000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let listed = |models: &Value| {
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["model_name"] == "new_model-xl")
+    };
+    let (_, models) = get(&server, "/sdapi/v1/sd-models").await;
+    assert!(!listed(&models), "not before the refresh");
+    let (status, _) = post(
+        &server,
+        "/sdapi/v1/options",
+        json!({"sd_model_checkpoint": "model-xl"}),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 500);
+
+    let (status, body) = post(&server, "/sdapi/v1/refresh-checkpoints", json!({})).await;
+    assert_eq!((status.as_u16(), body), (200, Value::Null));
+    let (_, models) = get(&server, "/sdapi/v1/sd-models").await;
+    assert!(listed(&models));
+    let (status, _) = post(
+        &server,
+        "/sdapi/v1/options",
+        json!({"sd_model_checkpoint": "model-xl"}),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 200);
+    post(&server, "/sdapi/v1/txt2img", small_txt2img()).await;
+    let ran = entries(&server, "generation").pop().unwrap();
+    assert_eq!(ran["checkpoint"], "new/model-xl.safetensors");
+    assert_eq!(ran["weights_mib"], 6000);
+}
