@@ -204,57 +204,43 @@ impl Scheduler {
         client: Option<IpAddr>,
         exclude: &[usize],
     ) -> Result<Ticket, Refused> {
-        let (sender, receiver) = oneshot::channel();
         let mut queues = self.lock();
-        let id = queues.next_ticket;
-        queues.next_ticket += 1;
+        let (waiter, receiver) = new_waiter(&mut queues, Work::Generation, profile, client);
+        let id = waiter.ticket;
         let waiter = Waiter {
-            ticket: id,
-            work: Work::Generation,
-            profile,
-            pinned: None,
-            arrived: Instant::now(),
-            bypassed: 0,
-            client,
             excluded: exclude.to_vec(),
-            grant: sender,
+            ..waiter
         };
         self.place(&mut queues, waiter)?;
         Ok(self.ticket(id, receiver))
     }
 
-    /// Queues a client's checkpoint-changing options call on `backend`, whatever its queue
-    /// length (the call takes milliseconds); it waits its turn like a generation, is never
-    /// moved to another backend, and holds `backend` while it runs.
+    /// Queues a client's options call on `backend`, whatever its queue length (the call
+    /// takes milliseconds); it waits its turn like a generation, is never moved to another
+    /// backend, and holds `backend` while it runs.
     pub fn enqueue_on(
         self: &Arc<Self>,
         backend: usize,
         profile: Option<usize>,
         client: Option<IpAddr>,
     ) -> Ticket {
-        let (sender, receiver) = oneshot::channel();
         let mut queues = self.lock();
-        let id = queues.next_ticket;
-        queues.next_ticket += 1;
-        let waiter = Waiter {
-            ticket: id,
-            work: Work::Options,
-            profile,
-            pinned: Some(backend),
-            arrived: Instant::now(),
-            bypassed: 0,
-            client,
-            excluded: Vec::new(),
-            grant: sender,
-        };
+        let (waiter, receiver) = new_waiter(&mut queues, Work::Options, profile, client);
+        let id = waiter.ticket;
         if let Some(lane) = queues.lanes.get_mut(backend) {
-            lane.waiting.push_back(waiter);
+            lane.waiting.push_back(Waiter {
+                pinned: Some(backend),
+                ..waiter
+            });
             self.dispatch(&mut queues, backend);
             self.publish_lengths(&queues);
         }
+        drop(queues);
         self.ticket(id, receiver)
     }
 
+    /// The client's side of a waiter. Made once the waiter is placed, and outside the lock:
+    /// dropping a ticket takes the lock to leave the queue.
     fn ticket(
         self: &Arc<Self>,
         id: u64,
@@ -784,6 +770,30 @@ pub struct Estimates {
     pub duration_s: std::collections::BTreeMap<String, f64>,
     /// Learned cost of a model reload, in seconds.
     pub reload_s: Option<f64>,
+}
+
+/// A new waiter, arriving now, and where its grant will come.
+fn new_waiter(
+    queues: &mut Queues,
+    work: Work,
+    profile: Option<usize>,
+    client: Option<IpAddr>,
+) -> (Waiter, oneshot::Receiver<Result<Grant, Refused>>) {
+    let (sender, receiver) = oneshot::channel();
+    let ticket = queues.next_ticket;
+    queues.next_ticket += 1;
+    let waiter = Waiter {
+        ticket,
+        work,
+        profile,
+        pinned: None,
+        arrived: Instant::now(),
+        bypassed: 0,
+        client,
+        excluded: Vec::new(),
+        grant: sender,
+    };
+    (waiter, receiver)
 }
 
 /// The lanes that may take `waiter`: not excluded for it, not `skip`, healthy and serving
