@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::backend::forge::ForgeError;
 use crate::decide::profile::UnknownProfile;
-use crate::forward::CallAnswer;
+use crate::forward::{CallAnswer, ForwardError};
 use crate::scheduler::Refused;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,39 @@ pub enum ProxyError {
         backend: String,
         answer: Box<CallAnswer>,
     },
+}
+
+impl From<ForwardError> for ProxyError {
+    fn from(error: ForwardError) -> Self {
+        match error {
+            ForwardError::Unreachable { backend, reason } => {
+                Self::BackendUnreachable { backend, reason }
+            }
+            ForwardError::Timeout {
+                backend,
+                method,
+                path,
+                after,
+            } => Self::BackendTimeout {
+                backend,
+                method,
+                path,
+                after,
+            },
+            ForwardError::Failed {
+                backend,
+                method,
+                path,
+                reason,
+            } => Self::BackendFailed {
+                backend,
+                method,
+                path,
+                reason,
+            },
+            ForwardError::BodyTooLarge { limit } => Self::BodyTooLarge { limit },
+        }
+    }
 }
 
 /// A handler's result as a response; the proxy's own errors are logged with `what`.

@@ -24,7 +24,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Backend, Config};
-use crate::error::ProxyError;
 
 /// How long an idle pooled connection to a backend is kept. uvicorn closes idle
 /// keep-alive connections after 5 s, so a shorter idle time avoids reusing a closing socket.
@@ -65,10 +64,10 @@ impl Forwarder {
         &self,
         route: Route<'_>,
         mut request: Request<Body>,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Response<Body>, ForwardError> {
         let declared = content_length(request.headers());
         if declared.is_some_and(|n| n > self.max_request_body) {
-            return Err(ProxyError::BodyTooLarge {
+            return Err(ForwardError::BodyTooLarge {
                 limit: self.max_request_body,
             });
         }
@@ -106,18 +105,19 @@ impl Forwarder {
         let outbound = Request::from_parts(parts, body);
 
         let sent = self.client.request(outbound);
-        let result =
-            match route.timeout {
-                Some(after) => tokio::time::timeout(after, sent).await.map_err(|_| {
-                    ProxyError::BackendTimeout {
+        let result = match route.timeout {
+            Some(after) => {
+                tokio::time::timeout(after, sent)
+                    .await
+                    .map_err(|_| ForwardError::Timeout {
                         backend: route.backend.url.clone(),
                         method: method.to_string(),
                         path: path.to_owned(),
                         after,
-                    }
-                })?,
-                None => sent.await,
-            };
+                    })?
+            }
+            None => sent.await,
+        };
         let mut response = result.map_err(|e| self.classify(route.backend, &method, path, &e))?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -137,14 +137,14 @@ impl Forwarder {
         method: &Method,
         path: &str,
         error: &hyper_util::client::legacy::Error,
-    ) -> ProxyError {
+    ) -> ForwardError {
         if source_is::<LengthLimitError>(error) {
-            return ProxyError::BodyTooLarge {
+            return ForwardError::BodyTooLarge {
                 limit: self.max_request_body,
             };
         }
         if error.is_connect() {
-            return ProxyError::BackendUnreachable {
+            return ForwardError::Unreachable {
                 backend: backend.url.clone(),
                 reason: root_cause(error),
             };
@@ -204,6 +204,29 @@ impl Forwarder {
             None => exchange.await,
         }
     }
+}
+
+/// Why a forwarded request got no response from its backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("backend {backend} is unreachable: {reason}")]
+    Unreachable { backend: String, reason: String },
+    #[error("backend {backend} did not answer {method} {path} within {}", humantime::format_duration(*.after))]
+    Timeout {
+        backend: String,
+        method: String,
+        path: String,
+        after: Duration,
+    },
+    #[error("backend {backend} failed while answering {method} {path}: {reason}")]
+    Failed {
+        backend: String,
+        method: String,
+        path: String,
+        reason: String,
+    },
+    #[error("request body is larger than the limit of {limit} bytes (limits.max_request_body)")]
+    BodyTooLarge { limit: u64 },
 }
 
 /// The whole answer to one of the proxy's own calls.
@@ -266,8 +289,8 @@ pub enum CallError {
     Failed(String),
 }
 
-fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> ProxyError {
-    ProxyError::BackendFailed {
+fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> ForwardError {
+    ForwardError::Failed {
         backend: backend.url.clone(),
         method: method.to_owned(),
         path: path.to_owned(),
@@ -277,7 +300,7 @@ fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> 
 
 /// The backend URI for a request URI: the backend's scheme, authority and path prefix,
 /// then the request's path and query exactly as the client sent them.
-fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
+fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ForwardError> {
     let path_and_query = match (uri.path_and_query(), backend.base_path.is_empty()) {
         // The common case, no prefix: the client's bytes, shared rather than copied.
         (Some(path_and_query), true) => Ok(path_and_query.clone()),
@@ -296,7 +319,7 @@ fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
                 .path_and_query(path_and_query)
                 .build()
         })
-        .map_err(|e| ProxyError::BackendFailed {
+        .map_err(|e| ForwardError::Failed {
             backend: backend.url.clone(),
             method: String::new(),
             path: uri.path().to_owned(),

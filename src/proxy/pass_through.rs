@@ -78,7 +78,11 @@ pub async fn forward_to(
         timeout,
         client_ip: client,
     };
-    let result = state.forwarder.forward(forwarding, request).await;
+    let result = state
+        .forwarder
+        .forward(forwarding, request)
+        .await
+        .map_err(ProxyError::from);
     match &result {
         Ok(response) => health::observe_status(state, index, response.status()),
         Err(ProxyError::BackendUnreachable { reason, .. }) => {

@@ -1,0 +1,494 @@
+//! Configuration: embedded defaults, then the TOML file, then `FORGE_VRAM_PROXY_*`
+//! environment variables, then command-line flags.
+//!
+//! - [`raw`] — what serde reads: [`RawConfig`], unknown keys rejected by name.
+//! - [`defaults`] — every default, and the embedded profiles.
+//! - [`validate`] — `TryFrom<RawConfig> for Config`, one function per section.
+//!
+//! [`Config`] is the validated form the proxy runs on.
+
+pub mod defaults;
+pub mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use http::uri::{Authority, Scheme};
+use serde::Serialize;
+
+use crate::backend::nvml::GpuSelector;
+use crate::decide::policy::MemoryPolicy;
+use crate::decide::profile::{Pattern, ProfileMatch};
+
+pub use defaults::*;
+pub use raw::*;
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub backends: Vec<Backend>,
+    pub timeouts: Timeouts,
+    pub max_request_body: u64,
+    pub max_inspected_body: u64,
+    pub generation_routes: Vec<String>,
+    pub on_client_disconnect: OnClientDisconnect,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub nvml_library: Option<std::path::PathBuf>,
+    pub memory: Memory,
+    pub scheduler: Scheduler,
+    pub health: Health,
+    /// Embedded and configured profiles, in matching order.
+    pub profiles: Vec<Profile>,
+    /// Index of `memory.default_profile` in `profiles`.
+    pub default_profile: usize,
+    /// What it was built from, for `check-config` and the status page.
+    pub raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Memory {
+    pub min_change_mib: u64,
+    pub verify_before_generation: bool,
+    pub count_other_processes: bool,
+    pub client_memory_options: ClientMemoryOptions,
+}
+
+/// A validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub patterns: Vec<Pattern>,
+    pub presets: Vec<String>,
+    pub policy: MemoryPolicy,
+    pub options: serde_json::Map<String, serde_json::Value>,
+    pub request_defaults: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ProfileMatch for Profile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+    fn presets(&self) -> &[String] {
+        &self.presets
+    }
+}
+
+impl Profile {
+    /// The stored "GPU Weights" option Forge's UI applies for this profile's preset
+    /// (`flux_GPU_MB`, `xl_GPU_MB`); the proxy keeps it equal to its own value so a page
+    /// reload lands on it.
+    pub fn preset_weights_key(&self) -> Option<&'static str> {
+        match self.options.get("forge_preset").and_then(|v| v.as_str()) {
+            Some("flux") => Some("flux_GPU_MB"),
+            Some("xl") => Some("xl_GPU_MB"),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Scheme and authority; a path prefix, when the URL has one, is in `base_path`.
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The `Host` header sent to it (its authority), made once rather than per request.
+    pub host: http::HeaderValue,
+    /// Path prefix without a trailing slash (`""` for none).
+    pub base_path: String,
+    pub preserve_host: bool,
+    /// The URL as configured, for logs and messages.
+    pub url: String,
+    pub gpu: GpuSelector,
+    pub vram: VramPreference,
+    /// `Authorization: Basic …` for the proxy's own calls when the client sent none.
+    pub authorization: Option<http::HeaderValue>,
+    /// Indexes into `Config::profiles`; empty: every profile.
+    pub profiles: Vec<usize>,
+    pub weight: f64,
+}
+
+impl Backend {
+    /// Whether this backend may serve `profile` (an index into `Config::profiles`).
+    pub fn serves(&self, profile: usize) -> bool {
+        self.profiles.is_empty() || self.profiles.contains(&profile)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    pub routing: Routing,
+    pub max_bypass: u32,
+    pub max_wait: Option<Duration>,
+    pub queue_per_backend: usize,
+    pub queue_total: usize,
+    pub pass_through: PassThroughRouting,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub interval: Option<Duration>,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub request: Option<Duration>,
+    pub generation: Option<Duration>,
+    pub shutdown_grace: Option<Duration>,
+    pub routes: BTreeMap<String, Option<Duration>>,
+}
+
+/// A configuration value that is not what the proxy expects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {value} is not valid: expected {expected}")]
+pub struct ConfigError {
+    pub key: String,
+    pub value: String,
+    pub expected: String,
+}
+
+/// Config problems found while loading, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<RawBackend>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<OverrideLog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvml_library: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct OverrideLog {
+    pub format: String,
+}
+
+impl Overrides {
+    pub fn backend_urls(urls: &[String]) -> Option<Vec<RawBackend>> {
+        (!urls.is_empty()).then(|| {
+            urls.iter()
+                .map(|url| RawBackend {
+                    url: url.clone(),
+                    ..RawBackend::default()
+                })
+                .collect()
+        })
+    }
+}
+
+/// Loads defaults, then `file` (if any), then the environment, then `overrides`, and validates.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigErrors(vec![format!(
+                "config file {}: not found or not a file",
+                path.display()
+            )]));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let figment = figment
+        // CONFIG and BACKEND are read by the command line parser itself.
+        .merge(
+            Env::prefixed(ENV_PREFIX)
+                .ignore(&["CONFIG", "BACKEND"])
+                .split("__"),
+        )
+        .merge(Serialized::defaults(overrides));
+    let raw: RawConfig = figment.extract().map_err(describe_figment_error)?;
+    Config::try_from(raw).map_err(|e| ConfigErrors(vec![e.to_string()]))
+}
+
+/// Loads a configuration from TOML text alone (no environment), as tests and tools need.
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(describe_figment_error)?;
+    Config::try_from(raw).map_err(|e| ConfigErrors(vec![e.to_string()]))
+}
+
+fn describe_figment_error(error: figment::Error) -> ConfigErrors {
+    use figment::error::Kind;
+    ConfigErrors(
+        error
+            .into_iter()
+            .map(|e| {
+                let key = key_of(&e.path);
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.source.as_ref().map(|s| format!(" (in {s})")))
+                    .unwrap_or_default();
+                let what = match &e.kind {
+                    Kind::UnknownField(field, expected) => {
+                        let key = if key.is_empty() { field.clone() } else { key };
+                        return format!(
+                            "config key `{key}` is not a known key{source}: expected one of {}",
+                            expected.join(", ")
+                        );
+                    }
+                    Kind::InvalidType(actual, expected) => {
+                        format!("{actual} is not valid: expected {expected}")
+                    }
+                    Kind::InvalidValue(actual, expected) => {
+                        format!("{actual} is not valid: expected {expected}")
+                    }
+                    Kind::UnknownVariant(actual, expected) => {
+                        format!("{actual:?} is not valid: expected {}", one_of(expected))
+                    }
+                    other => other.to_string(),
+                };
+                format!("config key `{key}`: {what}{source}")
+            })
+            .collect(),
+    )
+}
+
+/// A key as the proxy's own messages write it: `backends[0].vram_source`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
+/// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
+fn one_of(choices: &[&str]) -> String {
+    let quoted: Vec<String> = choices.iter().map(|c| format!("{c:?}")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, for `check-config`.
+    /// Backend passwords are shown as `user:***`.
+    pub fn to_toml(&self) -> String {
+        let mut raw = self.raw.clone();
+        for backend in &mut raw.backends {
+            if let Some(auth) = backend.auth.as_mut() {
+                let user = auth.split(':').next().unwrap_or_default().to_owned();
+                *auth = format!("{user}:***");
+            }
+        }
+        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// The most the proxy reads into memory of a body it inspects: the smaller limit.
+    pub fn inspect_limit(&self) -> u64 {
+        self.max_inspected_body.min(self.max_request_body)
+    }
+
+    /// How long to wait for the backend's response headers on `path` (percent-decoded),
+    /// for a request that is not a generation (those wait `timeouts.generation`).
+    pub fn pass_through_timeout(&self, path: &str) -> Option<Duration> {
+        match self.timeouts.routes.get(path) {
+            Some(t) => *t,
+            None => self.timeouts.request,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded defaults are valid; a test pins that.
+        Self::try_from(RawConfig::default()).unwrap_or_else(|e| panic!("embedded defaults: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_serve_forge_on_7860_from_7870() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7870");
+        assert_eq!(config.backends.len(), 1);
+        assert_eq!(config.backends[0].authority.as_str(), "127.0.0.1:7860");
+        assert_eq!(config.timeouts.generation, None);
+        assert_eq!(config.max_request_body, 1 << 30);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_section() {
+        let err = from_toml_str("[timeouts]\nconect = \"5s\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("`timeouts.conect` is not a known key"),
+            "{text}"
+        );
+        assert!(text.contains("connect"), "{text}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_value_and_expectation() {
+        let err = from_toml_str("[timeouts]\nconnect = \"soon\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `timeouts.connect`: \"soon\" is not valid: expected a duration like \"30s\", \"500ms\", \"10m\", or \"off\""
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_types() {
+        let err = from_toml_str("listen = 7870\n").unwrap_err().to_string();
+        assert!(err.starts_with("config key `listen`:"), "{err}");
+        assert!(err.contains("7870") && err.contains("string"), "{err}");
+    }
+
+    #[test]
+    fn https_backend_is_refused_with_reason() {
+        let err = from_toml_str("[[backends]]\nurl = \"https://gpu:7860\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `backends[0].url`: \"https://gpu:7860\" is not valid: expected an http:// URL (https backends are not supported)"
+        );
+    }
+
+    #[test]
+    fn backend_path_prefix_is_kept_without_trailing_slash() {
+        let config = from_toml_str("[[backends]]\nurl = \"http://gpu:7860/forge/\"\n").unwrap();
+        assert_eq!(config.backends[0].base_path, "/forge");
+    }
+
+    #[test]
+    fn off_and_zero_mean_no_timeout_and_routes_override_request() {
+        let config = from_toml_str(
+            "[timeouts]\nrequest = \"off\"\n[timeouts.routes]\n\"/sdapi/v1/progress\" = \"2s\"\n\"/slow\" = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.pass_through_timeout("/anything"), None);
+        assert_eq!(
+            config.pass_through_timeout("/sdapi/v1/progress"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(config.pass_through_timeout("/slow"), None);
+        assert_eq!(config.timeouts.generation, None);
+    }
+
+    #[test]
+    fn body_limit_accepts_human_sizes() {
+        let config = from_toml_str("[limits]\nmax_request_body = \"64MiB\"\n").unwrap();
+        assert_eq!(config.max_request_body, 64 << 20);
+        let err = from_toml_str("[limits]\nmax_request_body = \"lots\"\n").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("`limits.max_request_body`: \"lots\""));
+    }
+
+    #[test]
+    fn user_profiles_come_first_and_replace_embedded_ones_by_name() {
+        let config = from_toml_str(
+            "[[profiles]]\nname = \"sd35\"\npatterns = [\"re:^sd3\"]\nweights_mib = 9000\n\n\
+             [[profiles]]\nname = \"flux\"\npatterns = [\"*flux*\"]\ninference_memory_mib = 4096\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = config.profiles.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["sd35", "flux", "sdxl", "sd15"]);
+        assert_eq!(
+            config.profiles[1].policy,
+            MemoryPolicy::Fixed {
+                inference_mib: 4096
+            }
+        );
+        assert_eq!(
+            config.profiles[0].policy,
+            MemoryPolicy::Auto {
+                weights_mib: 9000,
+                min_inference_mib: DEFAULT_MIN_INFERENCE_MIB,
+                inference_per_megapixel_mib: DEFAULT_INFERENCE_PER_MEGAPIXEL_MIB,
+                reference_megapixels: DEFAULT_REFERENCE_MEGAPIXELS,
+            }
+        );
+        assert_eq!(config.default_profile, 3);
+    }
+
+    #[test]
+    fn a_profile_takes_exactly_one_policy() {
+        let both = "[[profiles]]\nname = \"x\"\ninference_memory_mib = 1\ngpu_weights_mib = 2\n";
+        assert_eq!(
+            from_toml_str(both).unwrap_err().to_string(),
+            "config key `profiles[0].policy`: \"inference_memory_mib + gpu_weights_mib\" is not valid: \
+             expected only one of inference_memory_mib, gpu_weights_mib, gpu_weights_percent or weights_mib"
+        );
+        let none = "[[profiles]]\nname = \"x\"\n";
+        assert!(from_toml_str(none)
+            .unwrap_err()
+            .to_string()
+            .starts_with("config key `profiles[0].weights_mib`: \"(none)\" is not valid"));
+        let bad_glob = "[[profiles]]\nname = \"x\"\npatterns = [\"[\"]\nweights_mib = 1\n";
+        assert!(from_toml_str(bad_glob)
+            .unwrap_err()
+            .to_string()
+            .starts_with(
+            "config key `profiles[0].patterns`: \"[\" is not valid: expected a glob or re:REGEX"
+        ));
+    }
+
+    #[test]
+    fn memory_settings_are_checked() {
+        let err = from_toml_str("[memory]\ndefault_profile = \"sd9\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `memory.default_profile`: \"sd9\" is not valid: expected one of the profiles: flux, sdxl, sd15"
+        );
+        let err = from_toml_str("[memory]\nclient_memory_options = \"ignore\"\n").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("expected \"strip\", \"honor\" or \"reject\""));
+        let err = from_toml_str("[[backends]]\nurl = \"http://a:1\"\nvram_source = \"gpu\"\n")
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("config key `backends[0].vram_source`"));
+    }
+
+    #[test]
+    fn gpu_is_an_index_or_a_uuid() {
+        let config =
+            from_toml_str("[[backends]]\nurl = \"http://a:1\"\ngpu = \"GPU-1234\"\n").unwrap();
+        assert_eq!(config.backends[0].gpu, GpuSelector::Uuid("GPU-1234".into()));
+        let config = from_toml_str("[[backends]]\nurl = \"http://a:1\"\ngpu = 2\n").unwrap();
+        assert_eq!(config.backends[0].gpu, GpuSelector::Index(2));
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let config = Config::default();
+        let again = from_toml_str(&config.to_toml()).unwrap();
+        assert_eq!(again.raw, config.raw);
+    }
+}

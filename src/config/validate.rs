@@ -1,0 +1,357 @@
+//! From what was written to what the proxy runs on: one function per section, each naming
+//! the key and the value it refuses and what it expected.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use http::uri::Scheme;
+use http::Uri;
+
+use crate::config::defaults::*;
+use crate::config::raw::*;
+use crate::config::{Backend, Config, ConfigError, Health, Memory, Profile, Scheduler, Timeouts};
+use crate::decide::policy::MemoryPolicy;
+use crate::decide::profile::Pattern;
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(mut raw: RawConfig) -> Result<Self, Self::Error> {
+        let listen = raw.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                &raw.listen,
+                "an address and port like 127.0.0.1:7870",
+            )
+        })?;
+        let mut backends = backends(&raw.backends)?;
+        let timeouts = timeouts(&raw.timeouts)?;
+        let (max_request_body, max_inspected_body) = limits(&raw.limits)?;
+        generation_routes(&raw.generation)?;
+        raw.profiles = effective_profiles(&raw.profiles);
+        let profiles = raw
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Profile::parse(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_profile =
+            profile_index(&profiles, &raw.memory.default_profile).ok_or_else(|| {
+                invalid(
+                    "memory.default_profile",
+                    &raw.memory.default_profile,
+                    &format!("one of the profiles: {}", profile_names(&profiles)),
+                )
+            })?;
+        backend_profiles(&mut backends, &raw.backends, &profiles)?;
+        Ok(Self {
+            listen,
+            backends,
+            timeouts,
+            max_request_body,
+            max_inspected_body,
+            generation_routes: raw.generation.routes.clone(),
+            on_client_disconnect: raw.generation.on_client_disconnect,
+            log_format: raw.log.format,
+            log_level: raw.log.level.clone(),
+            nvml_library: raw.nvml_library.as_ref().map(std::path::PathBuf::from),
+            memory: memory(&raw.memory),
+            scheduler: scheduler(&raw.scheduler)?,
+            health: health(&raw.health)?,
+            profiles,
+            default_profile,
+            raw,
+        })
+    }
+}
+
+fn backends(raw: &[RawBackend]) -> Result<Vec<Backend>, ConfigError> {
+    if raw.is_empty() {
+        return Err(invalid("backends", "[]", "at least one backend with a url"));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, b)| Backend::parse(i, b))
+        .collect()
+}
+
+fn timeouts(t: &RawTimeouts) -> Result<Timeouts, ConfigError> {
+    Ok(Timeouts {
+        connect: parse_duration("timeouts.connect", &t.connect)?,
+        request: parse_duration("timeouts.request", &t.request)?,
+        generation: parse_duration("timeouts.generation", &t.generation)?,
+        shutdown_grace: parse_duration("timeouts.shutdown_grace", &t.shutdown_grace)?,
+        routes: t
+            .routes
+            .iter()
+            .map(|(path, v)| {
+                if !path.starts_with('/') {
+                    return Err(invalid("timeouts.routes", path, "a path starting with /"));
+                }
+                Ok((
+                    path.clone(),
+                    parse_duration(&format!("timeouts.routes.\"{path}\""), v)?,
+                ))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// `limits.max_request_body` and `limits.max_inspected_body`, in bytes.
+fn limits(raw: &RawLimits) -> Result<(u64, u64), ConfigError> {
+    let size = |key: &str, value: &str| {
+        value
+            .parse::<ByteSize>()
+            .map(|size| size.as_u64())
+            .map_err(|_| invalid(key, value, "a size like \"64MiB\" or \"1GiB\""))
+    };
+    Ok((
+        size("limits.max_request_body", &raw.max_request_body)?,
+        size("limits.max_inspected_body", &raw.max_inspected_body)?,
+    ))
+}
+
+fn generation_routes(raw: &RawGeneration) -> Result<(), ConfigError> {
+    match raw.routes.iter().find(|path| !path.starts_with('/')) {
+        Some(path) => Err(invalid("generation.routes", path, "a path starting with /")),
+        None => Ok(()),
+    }
+}
+
+fn memory(raw: &RawMemory) -> Memory {
+    Memory {
+        min_change_mib: raw.min_change_mib,
+        verify_before_generation: raw.verify_before_generation,
+        count_other_processes: raw.count_other_processes,
+        client_memory_options: raw.client_memory_options,
+    }
+}
+
+fn profile_index(profiles: &[Profile], name: &str) -> Option<usize> {
+    profiles.iter().position(|p| p.name == name)
+}
+
+fn profile_names(profiles: &[Profile]) -> String {
+    let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// `backends[i].profiles`: names of profiles, as indexes.
+fn backend_profiles(
+    backends: &mut [Backend],
+    raw: &[RawBackend],
+    profiles: &[Profile],
+) -> Result<(), ConfigError> {
+    for (i, (backend, raw_backend)) in backends.iter_mut().zip(raw).enumerate() {
+        for name in &raw_backend.profiles {
+            let index = profile_index(profiles, name).ok_or_else(|| {
+                invalid(
+                    format!("backends[{i}].profiles"),
+                    name,
+                    &format!("names of profiles: {}", profile_names(profiles)),
+                )
+            })?;
+            backend.profiles.push(index);
+        }
+    }
+    Ok(())
+}
+
+fn scheduler(raw: &RawScheduler) -> Result<Scheduler, ConfigError> {
+    Ok(Scheduler {
+        routing: raw.routing,
+        max_bypass: raw.max_bypass,
+        max_wait: parse_duration("scheduler.max_wait", &raw.max_wait)?,
+        queue_per_backend: raw.queue_per_backend,
+        queue_total: raw.queue_total,
+        pass_through: raw.pass_through,
+    })
+}
+
+fn health(raw: &RawHealth) -> Result<Health, ConfigError> {
+    Ok(Health {
+        interval: parse_duration("health.interval", &raw.interval)?,
+        timeout: parse_duration("health.timeout", &raw.timeout)?.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+        unhealthy_after: raw.unhealthy_after.max(1),
+        healthy_after: raw.healthy_after.max(1),
+    })
+}
+
+/// User profiles first (so they win over the catch-all `sd15`), then the embedded ones;
+/// a user profile named like an embedded one takes its place instead.
+fn effective_profiles(user: &[RawProfile]) -> Vec<RawProfile> {
+    let mut defaults = default_profiles();
+    let mut added = Vec::new();
+    for profile in user {
+        match defaults.iter_mut().find(|d| d.name == profile.name) {
+            Some(slot) => *slot = profile.clone(),
+            None => added.push(profile.clone()),
+        }
+    }
+    added.extend(defaults);
+    added
+}
+
+impl Profile {
+    fn parse(index: usize, raw: &RawProfile) -> Result<Self, ConfigError> {
+        let key = |field: &str| format!("profiles[{index}].{field}");
+        if raw.name.trim().is_empty() {
+            return Err(invalid(key("name"), &raw.name, "a profile name"));
+        }
+        let patterns = raw
+            .patterns
+            .iter()
+            .map(|p| {
+                Pattern::parse(p)
+                    .map_err(|e| invalid(key("patterns"), p, &format!("a glob or re:REGEX ({e})")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let chosen: Vec<&str> = [
+            raw.inference_memory_mib.map(|_| "inference_memory_mib"),
+            raw.gpu_weights_mib.map(|_| "gpu_weights_mib"),
+            raw.gpu_weights_percent.map(|_| "gpu_weights_percent"),
+            raw.weights_mib.map(|_| "weights_mib"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let policy = match (chosen.as_slice(), raw) {
+            ([], _) => {
+                return Err(invalid(
+                    key("weights_mib"),
+                    "(none)",
+                    "one of inference_memory_mib, gpu_weights_mib, gpu_weights_percent or weights_mib",
+                ))
+            }
+            ([_, _, ..], _) => {
+                return Err(invalid(
+                    key("policy"),
+                    chosen.join(" + "),
+                    "only one of inference_memory_mib, gpu_weights_mib, gpu_weights_percent or weights_mib",
+                ))
+            }
+            (_, RawProfile { inference_memory_mib: Some(mib), .. }) => {
+                MemoryPolicy::Fixed { inference_mib: *mib }
+            }
+            (_, RawProfile { gpu_weights_mib: Some(mib), .. }) => MemoryPolicy::Weights {
+                gpu_weights_mib: *mib,
+            },
+            (_, RawProfile { gpu_weights_percent: Some(p), .. }) => {
+                if !(0.0..=100.0).contains(p) {
+                    return Err(invalid(key("gpu_weights_percent"), p, "a percentage from 0 to 100"));
+                }
+                MemoryPolicy::WeightsPercent {
+                    gpu_weights_percent: *p,
+                }
+            }
+            (_, raw) => MemoryPolicy::Auto {
+                weights_mib: raw.weights_mib.unwrap_or_default(),
+                min_inference_mib: raw.min_inference_mib.unwrap_or(DEFAULT_MIN_INFERENCE_MIB),
+                inference_per_megapixel_mib: raw
+                    .inference_per_megapixel_mib
+                    .unwrap_or(DEFAULT_INFERENCE_PER_MEGAPIXEL_MIB),
+                reference_megapixels: raw
+                    .reference_megapixels
+                    .unwrap_or(DEFAULT_REFERENCE_MEGAPIXELS),
+            },
+        };
+        Ok(Self {
+            name: raw.name.clone(),
+            patterns,
+            presets: raw.presets.clone(),
+            policy,
+            options: raw.options.clone(),
+            request_defaults: raw.request_defaults.clone(),
+        })
+    }
+}
+
+impl Backend {
+    fn parse(index: usize, raw: &RawBackend) -> Result<Self, ConfigError> {
+        let key = format!("backends[{index}].url");
+        let expected = "an http URL like http://127.0.0.1:7860";
+        let uri: Uri = raw
+            .url
+            .parse()
+            .map_err(|_| invalid(&key, &raw.url, expected))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(invalid(&key, &raw.url, expected));
+        };
+        if scheme != &Scheme::HTTP {
+            return Err(invalid(
+                &key,
+                &raw.url,
+                "an http:// URL (https backends are not supported)",
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(invalid(&key, &raw.url, "a URL without a query string"));
+        }
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| invalid(&key, &raw.url, expected))?;
+        Ok(Self {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            host,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            preserve_host: raw.preserve_host,
+            url: raw.url.clone(),
+            gpu: raw.gpu.clone(),
+            authorization: match &raw.auth {
+                None => None,
+                Some(auth) if auth.contains(':') => {
+                    use base64::Engine as _;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(auth);
+                    http::HeaderValue::from_str(&format!("Basic {encoded}")).ok()
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        format!("backends[{index}].auth"),
+                        "(hidden)",
+                        "user:password",
+                    ))
+                }
+            },
+            profiles: Vec::new(),
+            weight: if raw.weight.is_finite() && raw.weight > 0.0 {
+                raw.weight
+            } else {
+                return Err(invalid(
+                    format!("backends[{index}].weight"),
+                    raw.weight,
+                    "a number above 0",
+                ));
+            },
+            vram: raw.vram_source,
+        })
+    }
+}
+
+/// `"off"` means no limit; anything else is a humantime duration such as `"30s"` or `"2m"`.
+fn parse_duration(key: &str, value: &str) -> Result<Option<Duration>, ConfigError> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match humantime::parse_duration(value) {
+        Ok(d) if d.is_zero() => Ok(None),
+        Ok(d) => Ok(Some(d)),
+        Err(_) => Err(invalid(
+            key,
+            value,
+            "a duration like \"30s\", \"500ms\", \"10m\", or \"off\"",
+        )),
+    }
+}
+
+pub(super) fn invalid(
+    key: impl Into<String>,
+    value: impl fmt::Display,
+    expected: &str,
+) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        value: format!("{:?}", value.to_string()),
+        expected: expected.to_owned(),
+    }
+}
