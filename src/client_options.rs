@@ -19,7 +19,7 @@ use http::Request;
 use serde_json::{Map, Value};
 
 use crate::backend::forge::{key, Forge};
-use crate::config::ClientMemoryOptions;
+use crate::config::{BackendId, ClientMemoryOptions};
 use crate::decide::body::GenerationBody;
 use crate::decide::plan::{self, same_value, Inputs, Named, PROXY_OWNED, RELOAD_ON_PRESENCE};
 use crate::decide::profile;
@@ -104,16 +104,18 @@ async fn set_options(
     // Every healthy backend gets the change, as one Forge would: a client that sets options
     // means "the server", and behind the proxy that is all of them. The first backend's
     // answer goes back to the client.
-    let mut targets: Vec<usize> = (0..state.backends.len())
-        .filter(|i| state.scheduler.is_healthy(*i))
+    let mut targets: Vec<BackendId> = state
+        .backends
+        .ids()
+        .filter(|id| state.scheduler.is_healthy(*id))
         .collect();
     if targets.is_empty() {
         targets.push(state.scheduler.pass_through_backend(Follow::Any, client));
     }
     let mut first = None;
-    for index in targets {
-        let answer = call.apply_to(index, changes.clone()).await;
-        let url = &state.backends[index].config.url;
+    for id in targets {
+        let answer = call.apply_to(id, changes.clone()).await;
+        let url = &state.backends[id].config.url;
         match (&first, answer) {
             (None, answer) => first = Some(answer),
             (Some(_), Ok(response)) if !response.status().is_success() => {
@@ -144,14 +146,14 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// The call on backend `index`, in its turn.
+    /// The call on backend `id`, in its turn.
     async fn apply_to(
         &self,
-        index: usize,
+        id: BackendId,
         mut changes: Map<String, Value>,
     ) -> Result<Response, ProxyError> {
         let state = self.state;
-        let backend = &state.backends[index];
+        let backend = &state.backends[id];
         let reader = Forge::reading_for(&state.forwarder, &backend.config, &self.head.headers);
         let name = changes
             .get(key::CHECKPOINT)
@@ -167,7 +169,7 @@ impl Call<'_> {
         if named == Some(Named::Unknown) || changes.is_empty() {
             // Nothing to hold the backend for; an unknown checkpoint: Forge applies the keys
             // before it in order, then answers 500, and what it has afterwards is not known.
-            let response = self.send(index, changes).await;
+            let response = self.send(id, changes).await;
             backend.forget_options();
             return response;
         }
@@ -176,15 +178,15 @@ impl Call<'_> {
             .and_then(Named::matchable)
             .and_then(|title| profile::profile_for_checkpoint(&state.config.profiles, title));
 
-        let ticket = state.scheduler.enqueue_on(index, profile, self.client);
-        let (grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
+        let ticket = state.scheduler.enqueue_on(id, profile, self.client);
+        let (mut grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
         state
             .metrics
             .queue_wait(&backend.config.url, waited.as_secs_f64());
         let forge = Forge::for_client(&state.forwarder, &backend.config, &self.head.headers);
         let current = current_options(state, backend, &forge)
             .await
-            .inspect_err(|error| observe_preparing(state, index, error))?;
+            .inspect_err(|error| observe_preparing(state, id, error))?;
         drop_unchanged_reload_keys(&mut changes, &current);
         let changes_checkpoint = match (&name, current.get(key::CHECKPOINT).and_then(Value::as_str))
         {
@@ -199,7 +201,7 @@ impl Call<'_> {
         };
         if !changes_checkpoint {
             let sent = changes.clone();
-            let response = self.send(index, changes).await?;
+            let response = self.send(id, changes).await?;
             if response.status().is_success() {
                 backend.applied(&sent);
             } else {
@@ -240,12 +242,12 @@ impl Call<'_> {
             }
         }
         let sent = changes.clone();
-        let response = self.send(index, changes).await?;
+        let response = self.send(id, changes).await?;
         let ok = response.status().is_success();
         if ok {
             backend.applied(&sent);
-            note_profile(state, backend, &plan);
-            state.scheduler.note_loaded(index, plan.profile);
+            let had = grant.planned(plan.profile);
+            note_profile(state, backend, &plan, had);
         } else {
             backend.forget_options();
         }
@@ -273,11 +275,11 @@ impl Call<'_> {
         Ok(response)
     }
 
-    /// Forwards the call to backend `index`: the client's original bytes, unless the proxy
+    /// Forwards the call to backend `id`: the client's original bytes, unless the proxy
     /// changed the keys.
     async fn send(
         &self,
-        index: usize,
+        id: BackendId,
         changes: Map<String, Value>,
     ) -> Result<Response, ProxyError> {
         let mut headers = self.head.headers.clone();
@@ -293,7 +295,7 @@ impl Call<'_> {
             .state
             .config
             .pass_through_timeout(crate::backend::forge::path::OPTIONS);
-        pass_through::forward_to(self.state, index, self.client, request, timeout).await
+        pass_through::forward_to(self.state, id, self.client, request, timeout).await
     }
 }
 

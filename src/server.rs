@@ -38,7 +38,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = config.timeouts.shutdown_grace;
-    let state = AppState::build(config).await;
+    let state = AppState::build(config).await?;
     let background = CancellationToken::new();
     crate::backend::health::spawn_checks(&state, &background);
     let _stop_background = background.drop_guard();

@@ -6,7 +6,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::nvml::{Nvml, NvmlError};
 use crate::backend::vram::VramSource;
-use crate::backend::BackendState;
+use crate::backend::{Backend, Backends};
 use crate::config::Config;
 use crate::decisions::Decisions;
 use crate::forward::Forwarder;
@@ -29,7 +29,7 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub config: Arc<Config>,
     pub forwarder: Forwarder,
-    pub backends: Arc<[BackendState]>,
+    pub backends: Backends,
     pub decisions: Arc<Decisions>,
     pub metrics: Metrics,
     pub scheduler: Arc<Scheduler>,
@@ -42,8 +42,9 @@ pub struct Shared {
 
 impl AppState {
     /// Loads NVML (off the async threads) and picks each backend's VRAM source, saying once
-    /// why NVML is not used when it is not.
-    pub async fn build(config: Config) -> Self {
+    /// why NVML is not used when it is not. Fails only if that probe itself fails (its task
+    /// panicked): the proxy does not start without its backends.
+    pub async fn build(config: Config) -> std::io::Result<Self> {
         let library = config.nvml_library.clone();
         let nvml: Result<Nvml, String> =
             match tokio::task::spawn_blocking(move || Nvml::load(library.as_deref())).await {
@@ -57,38 +58,39 @@ impl AppState {
                 "NVML is not available: VRAM is read from each backend's /sdapi/v1/memory"
             );
         }
-        let backends: Vec<BackendState> = {
+        let backends: Vec<Backend> = {
             let nvml = nvml.clone();
-            let configs = config.backends.clone();
+            let configs: Vec<_> = config.backend_ids().zip(config.backends.clone()).collect();
             tokio::task::spawn_blocking(move || {
                 configs
                     .into_iter()
-                    .map(|backend| {
+                    .map(|(id, backend)| {
                         let vram = VramSource::choose(&backend, &nvml);
                         if let VramSource::Backend { why } = &vram {
                             if nvml.is_ok() {
                                 tracing::warn!(backend = %backend.url, reason = %why, "not using NVML for this backend");
                             }
                         }
-                        BackendState::new(backend, vram)
+                        Backend::new(id, backend, vram)
                     })
                     .collect()
             })
             .await
-            .unwrap_or_default()
+            .map_err(|e| std::io::Error::other(format!("probing the backends' GPUs failed: {e}")))?
         };
+        let config = Arc::new(config);
         let forwarder = Forwarder::new(&config);
         let metrics = Metrics::new();
-        let scheduler = Scheduler::new(&config, metrics.clone());
-        Self(Arc::new(Shared {
-            config: Arc::new(config),
+        let scheduler = Scheduler::new(config.clone(), metrics.clone());
+        Ok(Self(Arc::new(Shared {
+            config,
             forwarder,
-            backends: backends.into(),
+            backends: Backends::new(backends),
             decisions: Arc::default(),
             metrics,
             scheduler,
             nvml_error,
             work: TaskTracker::new(),
-        }))
+        })))
     }
 }

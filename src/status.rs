@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::backend::forge::key;
 use crate::backend::forge::Forge;
+use crate::config::BackendId;
 use crate::decide::body::GenerationBody;
 use crate::decide::plan::{self, Inputs, INFERENCE_MEMORY};
 use crate::error::ProxyError;
@@ -32,7 +33,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             json!({
                 "url": backend.config.url,
                 "gpu": backend.config.gpu.to_string(),
-                "vram_source": backend.vram.name(),
+                "vram_source": backend.vram.kind(),
                 "vram_source_why": match &backend.vram {
                     crate::backend::vram::VramSource::Backend { why } => Some(why.clone()),
                     crate::backend::vram::VramSource::Nvml { .. } => None,
@@ -40,7 +41,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
                 "last_reading": view.last_reading,
                 "reading_error": view.reading_error,
                 "checkpoint": option("sd_model_checkpoint"),
-                "profile": view.profile,
+                "profile": lane.loaded_profile,
                 "inference_memory_mib": option(INFERENCE_MEMORY),
                 "options_known": view.options.is_some(),
                 "generation_running": lane.running.is_some(),
@@ -54,7 +55,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
                 "serves": if backend.config.profiles.is_empty() {
                     Value::String("all".to_owned())
                 } else {
-                    backend.config.profiles.iter().map(|p| Value::String(state.config.profiles[*p].name.clone())).collect()
+                    backend.config.profiles.iter().map(|p| Value::String(state.config.profile(*p).name.clone())).collect()
                 },
                 "weight": backend.config.weight,
             })
@@ -110,10 +111,12 @@ pub async fn plan(
         })));
     }
     // The first healthy backend (else the first): the plan is for one Forge.
-    let index = (0..state.backends.len())
-        .find(|i| state.scheduler.is_healthy(*i))
-        .unwrap_or(0);
-    let backend = &state.backends[index];
+    let id = state
+        .backends
+        .ids()
+        .find(|id| state.scheduler.is_healthy(*id))
+        .unwrap_or(BackendId(0));
+    let backend = &state.backends[id];
     let forge = Forge::for_client(&state.forwarder, &backend.config, &parts.headers);
     let current = match backend.known_options() {
         Some(known) if !state.config.memory.verify_before_generation => known,
@@ -144,7 +147,7 @@ pub async fn plan(
     Ok(Json(json!({
         "backend": backend.config.url,
         "route": path,
-        "vram_source": reading.as_ref().map_or("none", |r| r.source),
+        "vram_source": reading.as_ref().map_or("none", |r| r.source.as_str()),
         "reading": reading,
         "current": {
             "sd_model_checkpoint": current.get("sd_model_checkpoint"),

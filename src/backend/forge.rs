@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use serde_json::{Map, Value};
 
-use crate::config::Backend;
+use crate::config::BackendConfig;
 use crate::forward::{CallAnswer, CallError, Forwarder};
 
 /// `GET`/`POST /sdapi/v1/options` answer in milliseconds; a backend that takes longer is stuck.
@@ -62,7 +62,7 @@ pub struct BackendMemory {
 /// One backend, as seen by the proxy's own calls.
 pub struct Forge<'a> {
     pub forwarder: &'a Forwarder,
-    pub backend: &'a Backend,
+    pub backend: &'a BackendConfig,
     /// What the calls carry in `Authorization`.
     pub authorization: Option<HeaderValue>,
 }
@@ -71,7 +71,7 @@ impl<'a> Forge<'a> {
     /// Calls made for a client whose request carried `client_headers`: its credentials only.
     pub fn for_client(
         forwarder: &'a Forwarder,
-        backend: &'a Backend,
+        backend: &'a BackendConfig,
         client_headers: &http::HeaderMap,
     ) -> Self {
         Self {
@@ -82,7 +82,7 @@ impl<'a> Forge<'a> {
     }
 
     /// The proxy's own calls: the backend's configured credentials.
-    pub fn own(forwarder: &'a Forwarder, backend: &'a Backend) -> Self {
+    pub fn own(forwarder: &'a Forwarder, backend: &'a BackendConfig) -> Self {
         Self {
             forwarder,
             backend,
@@ -94,7 +94,7 @@ impl<'a> Forge<'a> {
     /// else the client's.
     pub fn reading_for(
         forwarder: &'a Forwarder,
-        backend: &'a Backend,
+        backend: &'a BackendConfig,
         client_headers: &http::HeaderMap,
     ) -> Self {
         let authorization = backend

@@ -21,13 +21,49 @@ use serde_json::{Map, Value};
 use crate::backend::catalog::Catalog;
 use crate::backend::forge::Forge;
 use crate::backend::vram::{VramReading, VramSource};
-use crate::config::Backend;
+use crate::config::{BackendConfig, BackendId};
 
-pub struct BackendState {
-    pub config: Backend,
+/// One backend: the one owner of what the proxy knows of it. Its queue and health live in
+/// the scheduler, which places work under one lock.
+pub struct Backend {
+    pub id: BackendId,
+    pub config: BackendConfig,
     pub vram: VramSource,
     view: Mutex<View>,
     catalog: Mutex<CatalogCache>,
+}
+
+/// Every backend, in configuration order, by id.
+pub struct Backends(Vec<Backend>);
+
+impl Backends {
+    pub fn new(backends: Vec<Backend>) -> Self {
+        Backends(backends)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Backend> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = BackendId> {
+        (0..self.0.len()).map(BackendId)
+    }
+}
+
+impl std::ops::Index<BackendId> for Backends {
+    type Output = Backend;
+
+    fn index(&self, id: BackendId) -> &Backend {
+        &self.0[id.0]
+    }
 }
 
 /// A name the catalog lacks makes the proxy read it again, at most this often: a client
@@ -49,8 +85,6 @@ pub struct View {
     /// The backend's options as last read or set; `None` when unknown (re-read before use).
     #[serde(skip)]
     pub options: Option<Map<String, Value>>,
-    /// The profile of the backend's last generation or checkpoint change.
-    pub profile: Option<String>,
     pub last_reading: Option<VramReading>,
     /// Why the last reading failed, when it did.
     pub reading_error: Option<String>,
@@ -85,9 +119,10 @@ impl Credentials {
     }
 }
 
-impl BackendState {
-    pub fn new(config: Backend, vram: VramSource) -> Self {
+impl Backend {
+    pub fn new(id: BackendId, config: BackendConfig, vram: VramSource) -> Self {
         Self {
+            id,
             config,
             vram,
             view: Mutex::new(View::default()),

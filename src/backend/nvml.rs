@@ -151,11 +151,6 @@ impl Nvml {
         })
     }
 
-    /// The path or name NVML was loaded from.
-    pub fn library(&self) -> &str {
-        &self.library
-    }
-
     /// Every GPU NVML sees (blocking).
     pub fn list(&self) -> Result<Vec<GpuReading>, NvmlError> {
         let count = self

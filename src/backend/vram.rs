@@ -5,13 +5,31 @@ use serde::Serialize;
 
 use crate::backend::forge::Forge;
 use crate::backend::nvml::{GpuReading, GpuSelector, Nvml};
-use crate::config::{Backend, VramPreference};
+use crate::config::{BackendConfig, VramPreference};
+
+/// Where a reading came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadingSource {
+    /// NVML on this host.
+    Nvml,
+    /// The backend's `/sdapi/v1/memory`.
+    Backend,
+}
+
+impl ReadingSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadingSource::Nvml => "nvml",
+            ReadingSource::Backend => "backend",
+        }
+    }
+}
 
 /// A reading, whichever source gave it. Every figure is MiB.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VramReading {
-    /// `nvml` or `backend`.
-    pub source: &'static str,
+    pub source: ReadingSource,
     pub total_mib: u64,
     pub used_mib: u64,
     pub free_mib: u64,
@@ -37,7 +55,7 @@ pub enum VramSource {
 
 impl VramSource {
     /// Picks NVML when it is loaded and sees the backend's GPU; says why not otherwise.
-    pub fn choose(backend: &Backend, nvml: &Result<Nvml, String>) -> Self {
+    pub fn choose(backend: &BackendConfig, nvml: &Result<Nvml, String>) -> Self {
         match (backend.vram, nvml) {
             (VramPreference::Backend, _) => Self::Backend {
                 why: "configured: vram_source = \"backend\"".to_owned(),
@@ -57,10 +75,11 @@ impl VramSource {
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    /// Where its readings come from.
+    pub fn kind(&self) -> ReadingSource {
         match self {
-            Self::Nvml { .. } => "nvml",
-            Self::Backend { .. } => "backend",
+            Self::Nvml { .. } => ReadingSource::Nvml,
+            Self::Backend { .. } => ReadingSource::Backend,
         }
     }
 
@@ -76,7 +95,7 @@ impl VramSource {
                 .memory()
                 .await
                 .map(|m| VramReading {
-                    source: "backend",
+                    source: ReadingSource::Backend,
                     total_mib: m.total_mib,
                     used_mib: m.used_mib,
                     free_mib: m.free_mib,
@@ -100,7 +119,7 @@ fn from_nvml(reading: &GpuReading) -> VramReading {
     used.sort_unstable();
     used.pop();
     VramReading {
-        source: "nvml",
+        source: ReadingSource::Nvml,
         total_mib: reading.total_mib,
         used_mib: reading.used_mib,
         free_mib: reading.free_mib,
@@ -146,7 +165,7 @@ mod tests {
         assert_eq!(vram.other_processes_mib, 800);
         assert_eq!(
             (vram.total_mib, vram.free_mib, vram.source),
-            (12288, 3288, "nvml")
+            (12288, 3288, ReadingSource::Nvml)
         );
     }
 }

@@ -25,6 +25,8 @@ use crate::backend::nvml::GpuSelector;
 use crate::decide::policy::MemoryPolicy;
 use crate::decide::profile::{Pattern, ProfileMatch};
 
+pub use crate::decide::profile::ProfileId;
+
 pub use defaults::*;
 pub use raw::*;
 
@@ -32,7 +34,7 @@ pub use raw::*;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub backends: Vec<Backend>,
+    pub backends: Vec<BackendConfig>,
     pub timeouts: Timeouts,
     pub max_request_body: u64,
     pub max_inspected_body: u64,
@@ -47,7 +49,7 @@ pub struct Config {
     /// Embedded and configured profiles, in matching order.
     pub profiles: Vec<Profile>,
     /// Index of `memory.default_profile` in `profiles`.
-    pub default_profile: usize,
+    pub default_profile: ProfileId,
     /// What it was built from, for `check-config` and the status page.
     pub raw: RawConfig,
 }
@@ -96,8 +98,19 @@ impl Profile {
     }
 }
 
+/// One of `Config::backends`, by its place: the proxy's backends are kept in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub usize);
+
+impl std::fmt::Display for BackendId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backends[{}]", self.0)
+    }
+}
+
+/// One backend as configured.
 #[derive(Debug, Clone)]
-pub struct Backend {
+pub struct BackendConfig {
     /// Scheme and authority; a path prefix, when the URL has one, is in `base_path`.
     pub scheme: Scheme,
     pub authority: Authority,
@@ -113,14 +126,14 @@ pub struct Backend {
     /// `Authorization: Basic …` for the proxy's own calls when the client sent none.
     pub authorization: Option<http::HeaderValue>,
     /// Indexes into `Config::profiles`; empty: every profile.
-    pub profiles: Vec<usize>,
+    pub profiles: Vec<ProfileId>,
     pub weight: f64,
 }
 
-impl Backend {
-    /// Whether this backend may serve `profile` (an index into `Config::profiles`).
-    pub fn serves(&self, profile: usize) -> bool {
-        self.profiles.is_empty() || self.profiles.contains(&profile)
+impl BackendConfig {
+    /// Whether this backend may serve `profile` (`None`: whatever its checkpoint is).
+    pub fn serves(&self, profile: Option<ProfileId>) -> bool {
+        profile.is_none_or(|p| self.profiles.is_empty() || self.profiles.contains(&p))
     }
 }
 
@@ -306,6 +319,19 @@ impl Config {
         toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
+    /// Every backend's id, in order.
+    pub fn backend_ids(&self) -> impl Iterator<Item = BackendId> {
+        (0..self.backends.len()).map(BackendId)
+    }
+
+    pub fn backend(&self, id: BackendId) -> &BackendConfig {
+        &self.backends[id.0]
+    }
+
+    pub fn profile(&self, id: ProfileId) -> &Profile {
+        &self.profiles[id.0]
+    }
+
     /// The most the proxy reads into memory of a body it inspects: the smaller limit.
     pub fn inspect_limit(&self) -> u64 {
         self.max_inspected_body.min(self.max_request_body)
@@ -433,7 +459,7 @@ mod tests {
                 reference_megapixels: DEFAULT_REFERENCE_MEGAPIXELS,
             }
         );
-        assert_eq!(config.default_profile, 3);
+        assert_eq!(config.default_profile, ProfileId(3));
     }
 
     #[test]

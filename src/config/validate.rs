@@ -10,7 +10,9 @@ use http::Uri;
 
 use crate::config::defaults::*;
 use crate::config::raw::*;
-use crate::config::{Backend, Config, ConfigError, Health, Memory, Profile, Scheduler, Timeouts};
+use crate::config::{
+    BackendConfig, Config, ConfigError, Health, Memory, Profile, ProfileId, Scheduler, Timeouts,
+};
 use crate::decide::policy::MemoryPolicy;
 use crate::decide::profile::Pattern;
 
@@ -66,13 +68,13 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
-fn backends(raw: &[RawBackend]) -> Result<Vec<Backend>, ConfigError> {
+fn backends(raw: &[RawBackend]) -> Result<Vec<BackendConfig>, ConfigError> {
     if raw.is_empty() {
         return Err(invalid("backends", "[]", "at least one backend with a url"));
     }
     raw.iter()
         .enumerate()
-        .map(|(i, b)| Backend::parse(i, b))
+        .map(|(i, b)| BackendConfig::parse(i, b))
         .collect()
 }
 
@@ -128,8 +130,8 @@ fn memory(raw: &RawMemory) -> Memory {
     }
 }
 
-fn profile_index(profiles: &[Profile], name: &str) -> Option<usize> {
-    profiles.iter().position(|p| p.name == name)
+fn profile_index(profiles: &[Profile], name: &str) -> Option<ProfileId> {
+    profiles.iter().position(|p| p.name == name).map(ProfileId)
 }
 
 fn profile_names(profiles: &[Profile]) -> String {
@@ -139,7 +141,7 @@ fn profile_names(profiles: &[Profile]) -> String {
 
 /// `backends[i].profiles`: names of profiles, as indexes.
 fn backend_profiles(
-    backends: &mut [Backend],
+    backends: &mut [BackendConfig],
     raw: &[RawBackend],
     profiles: &[Profile],
 ) -> Result<(), ConfigError> {
@@ -267,7 +269,7 @@ impl Profile {
     }
 }
 
-impl Backend {
+impl BackendConfig {
     fn parse(index: usize, raw: &RawBackend) -> Result<Self, ConfigError> {
         let key = format!("backends[{index}].url");
         let expected = "an http URL like http://127.0.0.1:7860";

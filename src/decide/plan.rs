@@ -11,7 +11,7 @@ use crate::backend::vram::VramReading;
 use crate::config::{ClientMemoryOptions, Config, Profile};
 use crate::decide::body::{BodyEdits, GenerationBody};
 use crate::decide::policy::{self, Change, MemoryDecision, MemoryPolicy, RequestSize};
-use crate::decide::profile::{self, Hints, Reason};
+use crate::decide::profile::{self, Hints, ProfileId, Reason};
 use crate::error::ProxyError;
 
 /// Forge's option for the memory kept free for computation (MiB).
@@ -89,7 +89,7 @@ impl Why {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     #[serde(skip)]
-    pub profile: usize,
+    pub profile: ProfileId,
     #[serde(rename = "profile")]
     pub profile_name: String,
     pub why_profile: Reason,
@@ -187,7 +187,7 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
     };
     let (index, why_profile) = profile::resolve(&config.profiles, config.default_profile, &hints)
         .map_err(ProxyError::UnknownModelType)?;
-    let profile = &config.profiles[index];
+    let profile = config.profile(index);
 
     // The client's own memory keys in override_settings.
     let owned_in_overrides: Vec<String> = PROXY_OWNED
@@ -376,7 +376,7 @@ mod tests {
 
     fn reading(total: u64) -> VramReading {
         VramReading {
-            source: "nvml",
+            source: crate::backend::vram::ReadingSource::Nvml,
             total_mib: total,
             used_mib: 1000,
             free_mib: total - 1000,

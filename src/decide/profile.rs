@@ -61,6 +61,10 @@ pub fn checkpoint_aliases(title: &str) -> Vec<String> {
     names
 }
 
+/// One of the configured profiles, by its place in matching order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProfileId(pub usize);
+
 /// Why a request got its profile, for logs, the status page and the plan endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "source", content = "value", rename_all = "snake_case")]
@@ -103,28 +107,34 @@ pub struct UnknownProfile {
 }
 
 /// The first profile whose patterns match one of the checkpoint's aliases.
-pub fn profile_for_checkpoint<P: ProfileMatch>(profiles: &[P], checkpoint: &str) -> Option<usize> {
+pub fn profile_for_checkpoint<P: ProfileMatch>(
+    profiles: &[P],
+    checkpoint: &str,
+) -> Option<ProfileId> {
     let aliases = checkpoint_aliases(checkpoint);
-    profiles.iter().position(|p| {
-        p.patterns()
-            .iter()
-            .any(|pattern| aliases.iter().any(|alias| pattern.is_match(alias)))
-    })
+    profiles
+        .iter()
+        .position(|p| {
+            p.patterns()
+                .iter()
+                .any(|pattern| aliases.iter().any(|alias| pattern.is_match(alias)))
+        })
+        .map(ProfileId)
 }
 
 /// Resolves the profile: header, then override checkpoint, then override preset, then the
 /// backend's checkpoint, else `default`.
 pub fn resolve<P: ProfileMatch>(
     profiles: &[P],
-    default: usize,
+    default: ProfileId,
     hints: &Hints<'_>,
-) -> Result<(usize, Reason), UnknownProfile> {
+) -> Result<(ProfileId, Reason), UnknownProfile> {
     if let Some(given) = hints.header {
         let given = given.trim();
         return profiles
             .iter()
             .position(|p| p.name().eq_ignore_ascii_case(given))
-            .map(|i| (i, Reason::Header(given.to_owned())))
+            .map(|i| (ProfileId(i), Reason::Header(given.to_owned())))
             .ok_or_else(|| UnknownProfile {
                 given: given.to_owned(),
                 known: profiles.iter().map(|p| p.name().to_owned()).collect(),
@@ -140,7 +150,7 @@ pub fn resolve<P: ProfileMatch>(
             .iter()
             .position(|p| p.presets().iter().any(|s| s.eq_ignore_ascii_case(preset)))
         {
-            return Ok((i, Reason::OverridePreset(preset.to_owned())));
+            return Ok((ProfileId(i), Reason::OverridePreset(preset.to_owned())));
         }
     }
     if let Some(checkpoint) = hints.backend_checkpoint {
@@ -203,8 +213,8 @@ mod tests {
             backend_checkpoint: Some(checkpoint),
             ..Hints::default()
         };
-        let (i, _) = resolve(&profiles, 3, &hints).unwrap();
-        ["sd35", "flux", "sdxl", "sd15"][i]
+        let (i, _) = resolve(&profiles, ProfileId(3), &hints).unwrap();
+        ["sd35", "flux", "sdxl", "sd15"][i.0]
     }
 
     #[test]
@@ -244,7 +254,7 @@ mod tests {
     fn embedded_profiles_classify_common_checkpoints() {
         let config = crate::Config::default();
         let family = |name: &str| {
-            profile_for_checkpoint(&config.profiles, name).map(|i| config.profiles[i].name.as_str())
+            profile_for_checkpoint(&config.profiles, name).map(|i| config.profile(i).name.as_str())
         };
         assert_eq!(family("flux1-dev-Q4_0.gguf [a1b2c3d4e5]"), Some("flux"));
         assert_eq!(family("FLUX/flux1-schnell-fp8.safetensors"), Some("flux"));
@@ -268,12 +278,12 @@ mod tests {
             ..Hints::default()
         };
         assert_eq!(
-            resolve(&profiles, 3, &hints).unwrap(),
-            (1, Reason::Header("FLUX".into()))
+            resolve(&profiles, ProfileId(3), &hints).unwrap(),
+            (ProfileId(1), Reason::Header("FLUX".into()))
         );
         let err = resolve(
             &profiles,
-            3,
+            ProfileId(3),
             &Hints {
                 header: Some("sd9"),
                 ..Hints::default()
@@ -295,33 +305,39 @@ mod tests {
             override_preset: Some("xl"),
             backend_checkpoint: Some("v1-5-pruned-emaonly.safetensors"),
         };
-        assert_eq!(resolve(&profiles, 3, &all).unwrap().0, 1);
+        assert_eq!(
+            resolve(&profiles, ProfileId(3), &all).unwrap().0,
+            ProfileId(1)
+        );
         let preset = Hints {
             override_checkpoint: None,
             ..all.clone()
         };
         assert_eq!(
-            resolve(&profiles, 3, &preset).unwrap(),
-            (2, Reason::OverridePreset("xl".into()))
+            resolve(&profiles, ProfileId(3), &preset).unwrap(),
+            (ProfileId(2), Reason::OverridePreset("xl".into()))
         );
         let unknown_preset = Hints {
             override_checkpoint: None,
             override_preset: Some("all"),
             ..all.clone()
         };
-        assert_eq!(resolve(&profiles, 3, &unknown_preset).unwrap().0, 3);
+        assert_eq!(
+            resolve(&profiles, ProfileId(3), &unknown_preset).unwrap().0,
+            ProfileId(3)
+        );
         // The backend's checkpoint decides, not the default (0 here).
         assert_eq!(
-            resolve(&profiles, 0, &unknown_preset).unwrap(),
+            resolve(&profiles, ProfileId(0), &unknown_preset).unwrap(),
             (
-                3,
+                ProfileId(3),
                 Reason::BackendCheckpoint("v1-5-pruned-emaonly.safetensors".into())
             )
         );
         let nothing = Hints::default();
         assert_eq!(
-            resolve(&profiles, 2, &nothing).unwrap(),
-            (2, Reason::Default)
+            resolve(&profiles, ProfileId(2), &nothing).unwrap(),
+            (ProfileId(2), Reason::Default)
         );
     }
 }

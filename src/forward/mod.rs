@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{Backend, Config};
+use crate::config::{BackendConfig, Config};
 
 /// How long an idle pooled connection to a backend is kept. uvicorn closes idle
 /// keep-alive connections after 5 s, so a shorter idle time avoids reusing a closing socket.
@@ -38,7 +38,7 @@ pub struct Forwarder {
 
 /// What a single forward needs besides the request.
 pub struct Route<'a> {
-    pub backend: &'a Backend,
+    pub backend: &'a BackendConfig,
     /// Limit for the backend's response headers; `None` waits as long as it takes.
     pub timeout: Option<Duration>,
     pub client_ip: Option<IpAddr>,
@@ -133,7 +133,7 @@ impl Forwarder {
 
     fn classify(
         &self,
-        backend: &Backend,
+        backend: &BackendConfig,
         method: &Method,
         path: &str,
         error: &hyper_util::client::legacy::Error,
@@ -157,7 +157,7 @@ impl Forwarder {
     /// [`OWN_CALL_MAX_BODY`] bytes.
     pub async fn call(
         &self,
-        backend: &Backend,
+        backend: &BackendConfig,
         method: Method,
         path: &'static str,
         body: Option<Bytes>,
@@ -249,7 +249,7 @@ pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 /// the `Host` it was sent, e.g. its 307 for a trailing slash) becomes a path, so a client that
 /// follows it comes back through the proxy instead of going around it; what nginx's
 /// `proxy_redirect default` does. Other locations are left alone.
-fn relative_location(backend: &Backend, headers: &mut http::HeaderMap) {
+fn relative_location(backend: &BackendConfig, headers: &mut http::HeaderMap) {
     let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
     };
@@ -289,7 +289,7 @@ pub enum CallError {
     Failed(String),
 }
 
-fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> ForwardError {
+fn failed(backend: &BackendConfig, method: &str, path: &str, error: &dyn StdError) -> ForwardError {
     ForwardError::Failed {
         backend: backend.url.clone(),
         method: method.to_owned(),
@@ -300,7 +300,7 @@ fn failed(backend: &Backend, method: &str, path: &str, error: &dyn StdError) -> 
 
 /// The backend URI for a request URI: the backend's scheme, authority and path prefix,
 /// then the request's path and query exactly as the client sent them.
-fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ForwardError> {
+fn backend_uri(backend: &BackendConfig, uri: &Uri) -> Result<Uri, ForwardError> {
     let path_and_query = match (uri.path_and_query(), backend.base_path.is_empty()) {
         // The common case, no prefix: the client's bytes, shared rather than copied.
         (Some(path_and_query), true) => Ok(path_and_query.clone()),

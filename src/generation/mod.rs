@@ -112,11 +112,8 @@ async fn run(
         state
             .metrics
             .queue_wait(&state.backends[backend].config.url, waited.as_secs_f64());
-        let attempt = match prepare::prepare(&generation, backend).await {
-            Ok(prepared) => {
-                grant.planned(prepared.plan.profile);
-                send::send(&generation, grant, prepared).await
-            }
+        let attempt = match prepare::prepare(&generation, &mut grant).await {
+            Ok(prepared) => send::send(&generation, grant, prepared).await,
             Err(error) => Err(error),
         };
         let error = match attempt {
@@ -129,8 +126,10 @@ async fn run(
             return Err(error);
         };
         exclude.push(backend);
-        let others = (0..state.backends.len())
-            .any(|i| !exclude.contains(&i) && state.scheduler.is_healthy(i));
+        let others = state
+            .backends
+            .ids()
+            .any(|id| !exclude.contains(&id) && state.scheduler.is_healthy(id));
         if !others {
             return Err(error);
         }

@@ -9,13 +9,16 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::backend::forge::{key, Forge};
+use crate::backend::health::HealthEvent;
 use crate::backend::vram::VramReading;
-use crate::backend::BackendState;
+use crate::backend::Backend;
+use crate::config::BackendId;
 use crate::decide::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
 use crate::decisions::Decision;
 use crate::error::ProxyError;
 use crate::generation::{respond, unsent_backend_failure, Generation};
 use crate::proxy::request::set_length;
+use crate::scheduler::Grant;
 use crate::state::AppState;
 
 /// What the generation goes to Forge with.
@@ -32,9 +35,14 @@ pub struct Prepared {
     pub leaves_changes: bool,
 }
 
-pub async fn prepare(generation: &Generation<'_>, index: usize) -> Result<Prepared, ProxyError> {
+/// Prepares the backend `grant` holds for the generation.
+pub async fn prepare(
+    generation: &Generation<'_>,
+    grant: &mut Grant,
+) -> Result<Prepared, ProxyError> {
     let state = generation.state;
-    let backend = &state.backends[index];
+    let id = grant.backend();
+    let backend = &state.backends[id];
     let forge = Forge::for_client(&state.forwarder, &backend.config, &generation.head.headers);
     // Dropped before the end (the client left mid-call): the options may have changed.
     let mut unsure = Unsure {
@@ -44,7 +52,7 @@ pub async fn prepare(generation: &Generation<'_>, index: usize) -> Result<Prepar
 
     let current = current_options(state, backend, &forge)
         .await
-        .inspect_err(|error| observe_preparing(state, index, error))?;
+        .inspect_err(|error| observe_preparing(state, id, error))?;
     let overrides = generation.body.override_settings();
     let names: Vec<&str> = [overrides.get(key::CHECKPOINT), current.get(key::CHECKPOINT)]
         .into_iter()
@@ -73,7 +81,9 @@ pub async fn prepare(generation: &Generation<'_>, index: usize) -> Result<Prepar
         &backend.config.url,
         reading.clone(),
     );
-    apply(state, index, &forge, &plan, decision).await?;
+    apply(state, id, &forge, &plan, decision).await?;
+    let had = grant.planned(plan.profile);
+    respond::note_profile(state, backend, &plan, had);
 
     let mut headers = generation.head.headers.clone();
     let body = if plan.edits.is_empty() {
@@ -103,12 +113,12 @@ pub async fn prepare(generation: &Generation<'_>, index: usize) -> Result<Prepar
 /// leaves the backend's options unknown, and the generation unsent.
 pub async fn apply(
     state: &AppState,
-    index: usize,
+    id: BackendId,
     forge: &Forge<'_>,
     plan: &Plan,
     decision: Decision,
 ) -> Result<(), ProxyError> {
-    let backend = &state.backends[index];
+    let backend = &state.backends[id];
     let url = &backend.config.url;
     if !plan.options.is_empty() {
         if let Err(source) = forge.set_options(&plan.options).await {
@@ -118,7 +128,7 @@ pub async fn apply(
                 .metrics
                 .options_call(url, "failed", "options_call_failed");
             let error = ProxyError::preparing(url, source);
-            observe_preparing(state, index, &error);
+            observe_preparing(state, id, &error);
             return Err(error);
         }
         backend.applied(&plan.options);
@@ -126,7 +136,6 @@ pub async fn apply(
     state
         .metrics
         .options_call(url, plan.outcome.as_str(), plan.reason.as_str());
-    respond::note_profile(state, backend, plan);
     state.decisions.record(decision);
     Ok(())
 }
@@ -134,7 +143,7 @@ pub async fn apply(
 /// Forgets the backend's options when dropped armed: a prepare stage cut short (its client
 /// left while the options call was under way) cannot tell what Forge has now.
 struct Unsure<'a> {
-    backend: &'a BackendState,
+    backend: &'a Backend,
     armed: bool,
 }
 
@@ -146,14 +155,16 @@ impl Drop for Unsure<'_> {
     }
 }
 
-/// Tells health that backend `index` failed one of the proxy's own calls while a generation
-/// was prepared on it (a forwarded request's failures are told where it is forwarded).
-pub fn observe_preparing(state: &AppState, index: usize, error: &ProxyError) {
+/// Tells health that `backend` failed one of the proxy's own calls while a generation was
+/// prepared on it (a forwarded request's failures are told where it is forwarded).
+pub fn observe_preparing(state: &AppState, backend: BackendId, error: &ProxyError) {
     match (error, unsent_backend_failure(error)) {
         (ProxyError::BackendUnreachable { reason, .. }, _) => {
-            crate::backend::health::observe_unreachable(state, index, reason)
+            crate::backend::health::observe_unreachable(state, backend, reason)
         }
-        (_, Some(reason)) => state.scheduler.report_health(index, false, reason, false),
+        (_, Some(reason)) => state
+            .scheduler
+            .report_health(backend, HealthEvent::Failed(reason)),
         (_, None) => {}
     }
 }
@@ -162,7 +173,7 @@ pub fn observe_preparing(state: &AppState, index: usize, error: &ProxyError) {
 /// reload) or when unknown; else what the proxy last saw and applied.
 pub async fn current_options(
     state: &AppState,
-    backend: &BackendState,
+    backend: &Backend,
     forge: &Forge<'_>,
 ) -> Result<Map<String, Value>, ProxyError> {
     if !state.config.memory.verify_before_generation {
@@ -191,14 +202,14 @@ pub async fn current_options(
 /// NVML nor the backend can say.
 pub async fn read_vram(
     state: &AppState,
-    backend: &BackendState,
+    backend: &Backend,
     forge: &Forge<'_>,
 ) -> Option<VramReading> {
     match backend.vram.read(forge).await {
         Ok(reading) => {
             state.metrics.vram(
                 &backend.config.gpu.to_string(),
-                reading.source,
+                reading.source.as_str(),
                 reading.total_mib,
                 reading.used_mib,
             );

@@ -8,12 +8,12 @@ use serde_json::Value;
 
 use crate::backend::forge::{key, Forge};
 use crate::decide::plan::Named;
-use crate::decide::profile::{self, Hints, Reason};
+use crate::decide::profile::{self, Hints, ProfileId, Reason};
 use crate::error::ProxyError;
 use crate::generation::Generation;
 
 /// The profile index the request names, or `None` when the backend's checkpoint decides.
-pub async fn wanted_profile(generation: &Generation<'_>) -> Result<Option<usize>, ProxyError> {
+pub async fn wanted_profile(generation: &Generation<'_>) -> Result<Option<ProfileId>, ProxyError> {
     let config = &generation.state.config;
     let overrides = generation.body.override_settings();
     let text = |key: &str| overrides.get(key).and_then(Value::as_str);
@@ -38,9 +38,14 @@ pub async fn wanted_profile(generation: &Generation<'_>) -> Result<Option<usize>
 /// catalog was read and none knows it; as spelled when none could be read.
 async fn resolve_anywhere(generation: &Generation<'_>, name: &str) -> Named {
     let state = generation.state;
-    let healthy = || (0..state.backends.len()).filter(|i| state.scheduler.is_healthy(*i));
-    for index in healthy() {
-        if let Some(checkpoint) = state.backends[index]
+    let healthy = || {
+        state
+            .backends
+            .ids()
+            .filter(|id| state.scheduler.is_healthy(*id))
+    };
+    for id in healthy() {
+        if let Some(checkpoint) = state.backends[id]
             .catalog()
             .and_then(|catalog| catalog.resolve(name).cloned())
         {
@@ -48,8 +53,8 @@ async fn resolve_anywhere(generation: &Generation<'_>, name: &str) -> Named {
         }
     }
     let mut read_one = false;
-    for index in healthy() {
-        let backend = &state.backends[index];
+    for id in healthy() {
+        let backend = &state.backends[id];
         let forge = Forge::reading_for(&state.forwarder, &backend.config, &generation.head.headers);
         let Some(catalog) = backend.catalog_knowing(&forge, &[name]).await else {
             continue;

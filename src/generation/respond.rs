@@ -6,7 +6,8 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 
 use crate::backend::vram::VramReading;
-use crate::backend::BackendState;
+use crate::backend::Backend;
+use crate::config::ProfileId;
 use crate::decide::plan::Plan;
 use crate::state::AppState;
 
@@ -35,7 +36,7 @@ impl Told {
             inference_memory_mib: plan.inference_memory_mib,
             gpu_weights_mib: plan.gpu_weights_mib,
             options_applied: !plan.options.is_empty(),
-            vram_source: reading.map_or("none", |r| r.source),
+            vram_source: reading.map_or("none", |r| r.source.as_str()),
         }
     }
 
@@ -58,7 +59,7 @@ impl Told {
     }
 
     /// Forge answered after `took`: the generation's duration, by profile.
-    pub fn finished(&self, state: &AppState, backend: &BackendState, took: Duration) {
+    pub fn finished(&self, state: &AppState, backend: &Backend, took: Duration) {
         state
             .metrics
             .generation_seconds(&backend.config.url, &self.profile, took.as_secs_f64());
@@ -71,13 +72,14 @@ fn put(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-/// Keeps the loaded profile and the applied memory for the status page and metrics.
-pub fn note_profile(state: &AppState, backend: &BackendState, plan: &Plan) {
-    let previous = backend.update_view(|view| view.profile.replace(plan.profile_name.clone()));
-    if let Some(previous) = previous.filter(|p| *p != plan.profile_name) {
+/// Counts a move of `backend` from the profile it `had` to the plan's, and keeps the
+/// applied memory for the metrics.
+pub fn note_profile(state: &AppState, backend: &Backend, plan: &Plan, had: Option<ProfileId>) {
+    if let Some(had) = had.filter(|had| *had != plan.profile) {
+        let previous = &state.config.profile(had).name;
         state
             .metrics
-            .profile_switch(&backend.config.url, &previous, &plan.profile_name);
+            .profile_switch(&backend.config.url, previous, &plan.profile_name);
     }
     if let Some(mib) = plan.inference_memory_mib {
         state.metrics.inference_memory(&backend.config.url, mib);

@@ -39,7 +39,7 @@ pub async fn send(
     prepared: Prepared,
 ) -> Result<Response, ProxyError> {
     let state = generation.state.clone();
-    let index = grant.backend();
+    let id = grant.backend();
     let request = generation
         .head
         .request(prepared.headers, Body::from(prepared.body));
@@ -57,7 +57,7 @@ pub async fn send(
         match state.config.timeouts.generation {
             Some(after) => tokio::time::timeout(after, answered).await.map_err(|_| {
                 ProxyError::BackendTimeout {
-                    backend: state.backends[index].config.url.clone(),
+                    backend: state.backends[id].config.url.clone(),
                     method: generation.head.method.to_string(),
                     path: generation.head.uri.path().to_owned(),
                     after,
@@ -67,7 +67,7 @@ pub async fn send(
         };
     answered.unwrap_or_else(|_| {
         Err(ProxyError::BackendFailed {
-            backend: state.backends[index].config.url.clone(),
+            backend: state.backends[id].config.url.clone(),
             method: generation.head.method.to_string(),
             path: generation.head.uri.path().to_owned(),
             reason: "the generation's task ended without an answer".to_owned(),
@@ -94,9 +94,9 @@ impl Held {
         request: http::Request<Body>,
         mut answer: Answer,
     ) {
-        let index = self.grant.backend();
+        let id = self.grant.backend();
         let started = Instant::now();
-        let forwarded = pass_through::forward_to(&self.state, index, client, request, None);
+        let forwarded = pass_through::forward_to(&self.state, id, client, request, None);
         tokio::pin!(forwarded);
         let mut gone = false;
         let result = tokio::select! {
@@ -107,7 +107,7 @@ impl Held {
                 forwarded.await
             }
         };
-        let backend = &self.state.backends[index];
+        let backend = &self.state.backends[id];
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -144,8 +144,7 @@ impl Held {
 
     /// The client went away before Forge's answer was read.
     async fn client_left(&self) {
-        let index = self.grant.backend();
-        let backend = &self.state.backends[index];
+        let backend = &self.state.backends[self.grant.backend()];
         self.grant.note_client_left();
         self.state.metrics.client_gone();
         let interrupt = self.state.config.on_client_disconnect == OnClientDisconnect::Interrupt;

@@ -143,7 +143,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     async fn proxy() -> Proxy {
-        app(AppState::build(Config::default()).await)
+        app(AppState::build(Config::default()).await.unwrap())
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use axum::response::Response;
 use http::Request;
 
 use crate::backend::health;
+use crate::config::BackendId;
 use crate::error::{respond, ProxyError};
 use crate::forward::Route as Forwarding;
 use crate::proxy::route;
@@ -64,17 +65,17 @@ pub async fn forward_untouched_generation(
     )
 }
 
-/// Forwards to backend `index`, waiting `timeout` at most for its response headers, and
+/// Forwards to `backend`, waiting `timeout` at most for its response headers, and
 /// tells health what it saw.
 pub async fn forward_to(
     state: &AppState,
-    index: usize,
+    backend: BackendId,
     client: Option<IpAddr>,
     request: Request<Body>,
     timeout: Option<Duration>,
 ) -> Result<Response, ProxyError> {
     let forwarding = Forwarding {
-        backend: &state.backends[index].config,
+        backend: &state.backends[backend].config,
         timeout,
         client_ip: client,
     };
@@ -84,9 +85,9 @@ pub async fn forward_to(
         .await
         .map_err(ProxyError::from);
     match &result {
-        Ok(response) => health::observe_status(state, index, response.status()),
+        Ok(response) => health::observe_status(state, backend, response.status()),
         Err(ProxyError::BackendUnreachable { reason, .. }) => {
-            health::observe_unreachable(state, index, reason)
+            health::observe_unreachable(state, backend, reason)
         }
         Err(_) => {}
     }
