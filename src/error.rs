@@ -11,6 +11,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::backend::forge::ForgeError;
+use crate::decide::plan::PlanError;
 use crate::decide::profile::UnknownProfile;
 use crate::forward::{CallAnswer, ForwardError};
 use crate::scheduler::Refused;
@@ -103,6 +104,17 @@ impl From<ForwardError> for ProxyError {
                 reason,
             },
             ForwardError::BodyTooLarge { limit } => Self::BodyTooLarge { limit },
+        }
+    }
+}
+
+impl From<PlanError> for ProxyError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::UnknownModelType(unknown) => Self::UnknownModelType(unknown),
+            PlanError::ClientMemoryOptions { keys, place } => {
+                Self::ClientMemoryOptions { keys, place }
+            }
         }
     }
 }

@@ -40,7 +40,7 @@ pub async fn run(
     let grace = config.timeouts.shutdown_grace;
     let state = AppState::build(config).await?;
     let background = CancellationToken::new();
-    crate::backend::health::spawn_checks(&state, &background);
+    crate::backend::health::check::spawn_checks(&state, &background);
     let _stop_background = background.drop_guard();
     let proxy = app(state);
     let stopping = CancellationToken::new();

@@ -11,8 +11,7 @@ use crate::backend::vram::VramReading;
 use crate::config::{ClientMemoryOptions, Config, Profile};
 use crate::decide::body::{BodyEdits, GenerationBody};
 use crate::decide::policy::{self, Change, MemoryDecision, MemoryPolicy, RequestSize};
-use crate::decide::profile::{self, Hints, ProfileId, Reason};
-use crate::error::ProxyError;
+use crate::decide::profile::{self, Hints, ProfileId, Reason, UnknownProfile};
 
 /// Forge's option for the memory kept free for computation (MiB).
 pub const INFERENCE_MEMORY: &str = key::INFERENCE_MEMORY;
@@ -157,7 +156,19 @@ impl Named {
     }
 }
 
-pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
+/// Why no plan can be made: the request itself is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    UnknownModelType(#[from] UnknownProfile),
+    #[error("the proxy sets {} itself; remove it from {place} (memory.client_memory_options = \"reject\")", .keys.join(", "))]
+    ClientMemoryOptions {
+        keys: Vec<String>,
+        place: &'static str,
+    },
+}
+
+pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
     let overrides = inputs.body.override_settings();
     let text = |map: &Map<String, Value>, key: &str| {
         map.get(key).and_then(Value::as_str).map(str::to_owned)
@@ -186,7 +197,7 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
         backend_checkpoint: backend_checkpoint.as_ref().and_then(Named::matchable),
     };
     let (index, why_profile) = profile::resolve(&config.profiles, config.default_profile, &hints)
-        .map_err(ProxyError::UnknownModelType)?;
+        .map_err(PlanError::UnknownModelType)?;
     let profile = config.profile(index);
 
     // The client's own memory keys in override_settings.
@@ -200,7 +211,7 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, ProxyError> {
     match config.memory.client_memory_options {
         _ if owned_in_overrides.is_empty() => {}
         ClientMemoryOptions::Reject => {
-            return Err(ProxyError::ClientMemoryOptions {
+            return Err(PlanError::ClientMemoryOptions {
                 keys: owned_in_overrides,
                 place: "override_settings",
             })

@@ -160,7 +160,7 @@ impl Drop for Unsure<'_> {
 pub fn observe_preparing(state: &AppState, backend: BackendId, error: &ProxyError) {
     match (error, unsent_backend_failure(error)) {
         (ProxyError::BackendUnreachable { reason, .. }, _) => {
-            crate::backend::health::observe_unreachable(state, backend, reason)
+            crate::backend::health::check::observe_unreachable(state, backend, reason)
         }
         (_, Some(reason)) => state
             .scheduler

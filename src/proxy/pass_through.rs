@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::Request;
 
-use crate::backend::health;
+use crate::backend::health::check as health;
 use crate::config::BackendId;
 use crate::error::{respond, ProxyError};
 use crate::forward::Route as Forwarding;
