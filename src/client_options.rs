@@ -18,12 +18,12 @@ use forge_schema::body::{self as python, NonFinite, RawObject};
 use http::Request;
 use serde_json::{Map, Value};
 
+use crate::admin::decisions::Decision;
 use crate::backend::forge::{key, Forge};
 use crate::config::{BackendId, ClientMemoryOptions};
 use crate::decide::body::GenerationBody;
 use crate::decide::plan::{self, same_value, Inputs, Named, PROXY_OWNED, RELOAD_ON_PRESENCE};
 use crate::decide::profile;
-use crate::decisions::Decision;
 use crate::error::{respond, ProxyError};
 use crate::generation::prepare::{current_options, observe_preparing, read_vram};
 use crate::generation::respond::note_profile;

@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
+use crate::admin::decisions::Decisions;
+use crate::admin::metrics::Metrics;
 use crate::backend::nvml::{Nvml, NvmlError};
 use crate::backend::vram::VramSource;
 use crate::backend::{Backend, Backends};
 use crate::config::Config;
-use crate::decisions::Decisions;
 use crate::forward::Forwarder;
-use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 
 /// What every handler shares, behind one `Arc`: a clone (axum's `State` makes one per

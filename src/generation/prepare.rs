@@ -8,13 +8,13 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::admin::decisions::Decision;
 use crate::backend::forge::{key, Forge};
 use crate::backend::health::HealthEvent;
 use crate::backend::vram::VramReading;
 use crate::backend::Backend;
 use crate::config::BackendId;
 use crate::decide::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
-use crate::decisions::Decision;
 use crate::error::ProxyError;
 use crate::generation::{respond, unsent_backend_failure, Generation};
 use crate::proxy::request::set_length;
@@ -54,13 +54,10 @@ pub async fn prepare(
         .await
         .inspect_err(|error| observe_preparing(state, id, error))?;
     let overrides = generation.body.override_settings();
-    let names: Vec<&str> = [overrides.get(key::CHECKPOINT), current.get(key::CHECKPOINT)]
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
     let reader = Forge::reading_for(&state.forwarder, &backend.config, &generation.head.headers);
-    let catalog = backend.catalog_knowing(&reader, &names).await;
+    let catalog = backend
+        .catalog_knowing(&reader, &checkpoint_names(&overrides, &current))
+        .await;
     let reading = read_vram(state, backend, &reader).await;
     let plan = plan::plan(
         &state.config,
@@ -107,6 +104,18 @@ pub async fn prepare(
         body,
         leaves_changes,
     })
+}
+
+/// The checkpoint names a plan resolves: the request's override and the one Forge stores.
+pub fn checkpoint_names<'a>(
+    overrides: &'a Map<String, Value>,
+    current: &'a Map<String, Value>,
+) -> Vec<&'a str> {
+    [overrides.get(key::CHECKPOINT), current.get(key::CHECKPOINT)]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 /// Sends the plan's options (when there are any) and records the decision. A failed call

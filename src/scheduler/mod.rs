@@ -28,9 +28,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::admin::metrics::Metrics;
 use crate::backend::health::{HealthCounter, HealthEvent, Transition};
 use crate::config::{BackendId, Config, ProfileId};
-use crate::metrics::Metrics;
 
 use estimates::{Estimates, Learned, Switched};
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
+use crate::admin::metrics::Metrics;
 use crate::backend::health::HealthEvent;
 use crate::config::{from_toml_str, BackendId, ProfileId};
-use crate::metrics::Metrics;
 
 fn scheduler(extra: &str) -> Arc<Scheduler> {
     let toml = format!(

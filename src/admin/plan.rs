@@ -1,78 +1,23 @@
-//! The proxy's own read-only routes: `/proxy/status`, `/proxy/plan/*`, `/proxy/metrics`.
+//! `POST /proxy/plan/txt2img` (or another generation route): the decision the proxy would
+//! take for a body, without changing anything on Forge (it reads Forge's options, catalog
+//! and memory).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::{header, HeaderValue, Request};
+use forge_schema::model::GenerationRoute;
+use http::Request;
 use serde_json::{json, Value};
 
-use crate::backend::forge::key;
 use crate::backend::forge::Forge;
 use crate::config::BackendId;
 use crate::decide::body::GenerationBody;
 use crate::decide::plan::{self, Inputs, INFERENCE_MEMORY};
 use crate::error::ProxyError;
+use crate::generation::prepare::checkpoint_names;
 use crate::generation::MODEL_TYPE_HEADER;
-use crate::metrics::CONTENT_TYPE;
 use crate::proxy::request::{read_body, Head};
 use crate::state::AppState;
-use forge_schema::model::GenerationRoute;
-
-/// Each backend: where its readings come from, what it has loaded, what is waiting; and
-/// the last decisions.
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    let scheduler = state.scheduler.snapshot();
-    let backends: Vec<Value> = state
-        .backends
-        .iter()
-        .zip(&scheduler.backends)
-        .map(|(backend, lane)| {
-            let view = backend.view();
-            let option = |key: &str| view.options.as_ref().and_then(|o| o.get(key).cloned());
-            json!({
-                "url": backend.config.url,
-                "gpu": backend.config.gpu.to_string(),
-                "vram_source": backend.vram.kind(),
-                "vram_source_why": match &backend.vram {
-                    crate::backend::vram::VramSource::Backend { why } => Some(why.clone()),
-                    crate::backend::vram::VramSource::Nvml { .. } => None,
-                },
-                "last_reading": view.last_reading,
-                "reading_error": view.reading_error,
-                "checkpoint": option("sd_model_checkpoint"),
-                "profile": lane.loaded_profile,
-                "inference_memory_mib": option(INFERENCE_MEMORY),
-                "options_known": view.options.is_some(),
-                "generation_running": lane.running.is_some(),
-                "queue_length": lane.queue.len(),
-                "healthy": lane.healthy,
-                "health": lane.health,
-                "credentials": view.credentials.as_str(),
-                "loaded_profile": lane.loaded_profile,
-                "running": lane.running,
-                "queue": lane.queue,
-                "serves": if backend.config.profiles.is_empty() {
-                    Value::String("all".to_owned())
-                } else {
-                    backend.config.profiles.iter().map(|p| Value::String(state.config.profile(*p).name.clone())).collect()
-                },
-                "weight": backend.config.weight,
-            })
-        })
-        .collect();
-    Json(json!({
-        "nvml": {"available": state.nvml_error.is_none(), "error": state.nvml_error},
-        "backends": backends,
-        "scheduler": {
-            "estimates": scheduler.estimates,
-            "reloads_avoided": scheduler.reloads_avoided,
-            "retries": scheduler.retries,
-            "max_bypassed": scheduler.max_bypassed,
-        },
-        "decisions": state.decisions.recent(),
-    }))
-}
 
 /// What the proxy would do for this generation body, without changing anything on Forge
 /// (it may read the backend's options and memory).
@@ -127,12 +72,9 @@ pub async fn plan(
     };
     let reader = Forge::reading_for(&state.forwarder, &backend.config, &parts.headers);
     let overrides = body.override_settings();
-    let names: Vec<&str> = [overrides.get(key::CHECKPOINT), current.get(key::CHECKPOINT)]
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let catalog = backend.catalog_knowing(&reader, &names).await;
+    let catalog = backend
+        .catalog_knowing(&reader, &checkpoint_names(&overrides, &current))
+        .await;
     let reading = backend.vram.read(&reader).await.ok();
     let plan = plan::plan(
         &state.config,
@@ -155,12 +97,4 @@ pub async fn plan(
         },
         "plan": plan,
     })))
-}
-
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.metrics.render().into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    response
 }

@@ -1,0 +1,65 @@
+//! `GET /proxy/status`: each backend (its reading and why, checkpoint, loaded profile,
+//! applied memory, running work, queue, health, credentials), the scheduler's estimates, and
+//! the last decisions.
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::decide::plan::INFERENCE_MEMORY;
+use crate::state::AppState;
+
+/// Each backend: where its readings come from, what it has loaded, what is waiting; and
+/// the last decisions.
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    let scheduler = state.scheduler.snapshot();
+    let backends: Vec<Value> = state
+        .backends
+        .iter()
+        .zip(&scheduler.backends)
+        .map(|(backend, lane)| {
+            let view = backend.view();
+            let option = |key: &str| view.options.as_ref().and_then(|o| o.get(key).cloned());
+            json!({
+                "url": backend.config.url,
+                "gpu": backend.config.gpu.to_string(),
+                "vram_source": backend.vram.kind(),
+                "vram_source_why": match &backend.vram {
+                    crate::backend::vram::VramSource::Backend { why } => Some(why.clone()),
+                    crate::backend::vram::VramSource::Nvml { .. } => None,
+                },
+                "last_reading": view.last_reading,
+                "reading_error": view.reading_error,
+                "checkpoint": option("sd_model_checkpoint"),
+                "profile": lane.loaded_profile,
+                "inference_memory_mib": option(INFERENCE_MEMORY),
+                "options_known": view.options.is_some(),
+                "generation_running": lane.running.is_some(),
+                "queue_length": lane.queue.len(),
+                "healthy": lane.healthy,
+                "health": lane.health,
+                "credentials": view.credentials.as_str(),
+                "loaded_profile": lane.loaded_profile,
+                "running": lane.running,
+                "queue": lane.queue,
+                "serves": if backend.config.profiles.is_empty() {
+                    Value::String("all".to_owned())
+                } else {
+                    backend.config.profiles.iter().map(|p| Value::String(state.config.profile(*p).name.clone())).collect()
+                },
+                "weight": backend.config.weight,
+            })
+        })
+        .collect();
+    Json(json!({
+        "nvml": {"available": state.nvml_error.is_none(), "error": state.nvml_error},
+        "backends": backends,
+        "scheduler": {
+            "estimates": scheduler.estimates,
+            "reloads_avoided": scheduler.reloads_avoided,
+            "retries": scheduler.retries,
+            "max_bypassed": scheduler.max_bypassed,
+        },
+        "decisions": state.decisions.recent(),
+    }))
+}

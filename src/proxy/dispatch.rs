@@ -1,0 +1,129 @@
+//! Dispatch: every request is classified once ([`Route`]), observed, then answered by the
+//! proxy's own routes or handed to the stage that proxies it. `X-Forge-Model-Type` never
+//! reaches Forge, on any route.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::response::Response;
+use axum::Router;
+use http::Request;
+use tower::ServiceExt;
+
+use crate::generation::MODEL_TYPE_HEADER;
+use crate::proxy::observe::observe;
+use crate::proxy::pass_through;
+use crate::proxy::route::Route;
+use crate::scheduler::Follow;
+use crate::state::AppState;
+use crate::{admin, client_options, generation};
+
+/// The whole proxy as one service: `handle` answers any request.
+#[derive(Clone)]
+pub struct Proxy {
+    state: AppState,
+    own_routes: Router,
+}
+
+/// The proxy over `state`: [`run`](crate::run) serves it on a socket; a test can call
+/// [`Proxy::handle`] directly.
+pub fn app(state: AppState) -> Proxy {
+    Proxy {
+        own_routes: admin::routes(state.clone()),
+        state,
+    }
+}
+
+impl Proxy {
+    /// Answers one request from `client` (its address, when known: progress calls follow
+    /// the client's running generation).
+    ///
+    /// Proxied requests are dispatched here rather than through axum's router and
+    /// middleware: on a small pass-through request those layers (boxed futures, cloned
+    /// services, request extensions) cost about a tenth of the proxy's CPU time (measured
+    /// with `bench/run --only small`).
+    pub async fn handle(&self, client: Option<IpAddr>, request: Request<Body>) -> Response {
+        let routes = &self.state.config.generation_routes;
+        let route = Route::classify(request.method(), request.uri().path(), routes);
+        observe(&self.state, route.label(routes), request, |request| {
+            self.dispatch(route, client, request)
+        })
+        .await
+    }
+
+    async fn dispatch(
+        &self,
+        route: Route,
+        client: Option<IpAddr>,
+        mut request: Request<Body>,
+    ) -> Response {
+        let state = &self.state;
+        if route == Route::Own {
+            return match self.own_routes.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+        }
+        let model_type = request.headers_mut().remove(MODEL_TYPE_HEADER);
+        match route {
+            Route::Generation(generation) => {
+                generation::handle(state.clone(), client, generation, model_type, request).await
+            }
+            Route::Options => client_options::handle(state.clone(), client, request).await,
+            Route::RefreshCheckpoints => {
+                pass_through::refresh_checkpoints(state, client, request).await
+            }
+            Route::FollowsGeneration => {
+                pass_through::forward(state, client, request, Follow::ClientsGeneration).await
+            }
+            Route::Own | Route::PassThrough => {
+                pass_through::forward(state, client, request, Follow::Any).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+
+    async fn proxy() -> Proxy {
+        app(AppState::build(Config::default()).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_proxy_route_is_the_proxys_404_and_never_reaches_a_backend() {
+        // The default backend (127.0.0.1:7860) is not running: a forwarded request would be
+        // a 502, not this 404.
+        let request = Request::get("/proxy/nope").body(Body::empty()).unwrap();
+        let response = proxy().await.handle(None, request).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "NotFound");
+    }
+
+    #[tokio::test]
+    async fn a_request_id_sent_by_the_client_is_kept_and_every_request_is_counted() {
+        let proxy = proxy().await;
+        let request = Request::get("/proxy/health")
+            .header("x-request-id", "client-7")
+            .body(Body::empty())
+            .unwrap();
+        let response = proxy.handle(None, request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-request-id"], "client-7");
+        let request = Request::get("/proxy/metrics").body(Body::empty()).unwrap();
+        let metrics = proxy.handle(None, request).await.into_body();
+        let metrics = metrics.collect().await.unwrap().to_bytes();
+        let metrics = String::from_utf8_lossy(&metrics);
+        assert!(
+            metrics.contains(r#"forge_proxy_requests_total{route="proxy",status="200"} 1"#),
+            "{metrics}"
+        );
+    }
+}
