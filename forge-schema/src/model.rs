@@ -58,8 +58,8 @@ impl GenerationRoute {
     /// The route of a path Forge serves a generation on (`/sdapi/v1/txt2img`).
     pub fn of_path(path: &str) -> Option<GenerationRoute> {
         match path {
-            "/sdapi/v1/txt2img" => Some(GenerationRoute::Txt2Img),
-            "/sdapi/v1/img2img" => Some(GenerationRoute::Img2Img),
+            crate::path::TXT2IMG => Some(GenerationRoute::Txt2Img),
+            crate::path::IMG2IMG => Some(GenerationRoute::Img2Img),
             _ => None,
         }
     }

@@ -9,7 +9,7 @@ use forge_schema::model::GenerationRoute;
 use http::Request;
 use serde_json::{json, Value};
 
-use crate::backend::forge::Forge;
+use crate::backend::forge::{key, Forge};
 use crate::config::BackendId;
 use crate::decide::body::GenerationBody;
 use crate::decide::plan::{self, Inputs, INFERENCE_MEMORY};
@@ -92,7 +92,7 @@ pub async fn plan(
         "vram_source": reading.as_ref().map_or("none", |r| r.source.as_str()),
         "reading": reading,
         "current": {
-            "sd_model_checkpoint": current.get("sd_model_checkpoint"),
+            "sd_model_checkpoint": current.get(key::CHECKPOINT),
             "forge_inference_memory": current.get(INFERENCE_MEMORY),
         },
         "plan": plan,

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::backend::forge::key;
 use crate::decide::plan::INFERENCE_MEMORY;
 use crate::state::AppState;
 
@@ -30,7 +31,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
                 },
                 "last_reading": view.last_reading,
                 "reading_error": view.reading_error,
-                "checkpoint": option("sd_model_checkpoint"),
+                "checkpoint": option(key::CHECKPOINT),
                 "profile": lane.loaded_profile,
                 "inference_memory_mib": option(INFERENCE_MEMORY),
                 "options_known": view.options.is_some(),

@@ -109,30 +109,7 @@ impl<'a> Forge<'a> {
     }
 }
 
-/// Forge's paths the proxy names.
-pub mod path {
-    pub const OPTIONS: &str = "/sdapi/v1/options";
-    pub const MEMORY: &str = "/sdapi/v1/memory";
-    pub const SD_MODELS: &str = "/sdapi/v1/sd-models";
-    pub const REFRESH_CHECKPOINTS: &str = "/sdapi/v1/refresh-checkpoints";
-    pub const PROGRESS: &str = "/sdapi/v1/progress";
-    pub const INTERRUPT: &str = "/sdapi/v1/interrupt";
-    pub const SKIP: &str = "/sdapi/v1/skip";
-    pub const TXT2IMG: &str = "/sdapi/v1/txt2img";
-    pub const IMG2IMG: &str = "/sdapi/v1/img2img";
-}
-
-/// Forge's option keys the proxy names.
-pub mod key {
-    /// The memory kept free for computation (MiB); GPU Weights = total - this.
-    pub const INFERENCE_MEMORY: &str = "forge_inference_memory";
-    pub const CHECKPOINT: &str = "sd_model_checkpoint";
-    pub const PRESET: &str = "forge_preset";
-    pub const FLUX_GPU_WEIGHTS: &str = "flux_GPU_MB";
-    pub const XL_GPU_WEIGHTS: &str = "xl_GPU_MB";
-    pub const ASYNC_LOADING: &str = "forge_async_loading";
-    pub const PIN_SHARED_MEMORY: &str = "forge_pin_shared_memory";
-}
+pub use forge_schema::{key, path};
 
 const OPTIONS: &str = path::OPTIONS;
 const MEMORY: &str = path::MEMORY;

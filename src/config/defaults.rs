@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::backend::nvml::GpuSelector;
 use crate::config::raw::*;
+use forge_schema::path;
 
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "FORGE_VRAM_PROXY_";
@@ -24,7 +25,7 @@ pub const DEFAULT_MAX_REQUEST_BODY: &str = "1GiB";
 /// An img2img with four large init images is some tens of MiB of base64.
 pub const DEFAULT_MAX_INSPECTED_BODY: &str = "256MiB";
 /// Forge's generation routes: the ones the proxy inspects before forwarding.
-pub const DEFAULT_GENERATION_ROUTES: [&str; 2] = ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"];
+pub const DEFAULT_GENERATION_ROUTES: [&str; 2] = [path::TXT2IMG, path::IMG2IMG];
 /// A generation may be passed over this often by later ones of the loaded profile.
 pub const DEFAULT_MAX_BYPASS: u32 = 4;
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(120);
@@ -155,7 +156,7 @@ impl Default for RawTimeouts {
             generation: format_duration(None),
             shutdown_grace: format_duration(Some(DEFAULT_SHUTDOWN_GRACE)),
             routes: BTreeMap::from([(
-                "/sdapi/v1/progress".to_owned(),
+                path::PROGRESS.to_owned(),
                 format_duration(Some(DEFAULT_PROGRESS_TIMEOUT)),
             )]),
         }

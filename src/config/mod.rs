@@ -3,7 +3,7 @@
 //!
 //! - [`raw`] — what serde reads: [`RawConfig`], unknown keys rejected by name.
 //! - [`defaults`] — every default, and the embedded profiles.
-//! - [`validate`] — `TryFrom<RawConfig> for Config`, one function per section.
+//! - `validate` — `TryFrom<RawConfig> for Config`, one function per section.
 //!
 //! [`Config`] is the validated form the proxy runs on.
 
@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::backend::nvml::GpuSelector;
 use crate::decide::policy::MemoryPolicy;
 use crate::decide::profile::{Pattern, ProfileMatch};
+use forge_schema::key;
 
 pub use crate::decide::profile::ProfileId;
 
@@ -90,9 +91,9 @@ impl Profile {
     /// (`flux_GPU_MB`, `xl_GPU_MB`); the proxy keeps it equal to its own value so a page
     /// reload lands on it.
     pub fn preset_weights_key(&self) -> Option<&'static str> {
-        match self.options.get("forge_preset").and_then(|v| v.as_str()) {
-            Some("flux") => Some("flux_GPU_MB"),
-            Some("xl") => Some("xl_GPU_MB"),
+        match self.options.get(key::PRESET).and_then(|v| v.as_str()) {
+            Some("flux") => Some(key::FLUX_GPU_WEIGHTS),
+            Some("xl") => Some(key::XL_GPU_WEIGHTS),
             _ => None,
         }
     }

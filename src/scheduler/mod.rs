@@ -8,10 +8,10 @@
 //! loaded when no request ahead of it has been passed over `max_bypass` times or waited
 //! `max_wait`.
 //!
-//! - [`placement`] — where a request goes when it arrives, when its backend fails, when a
+//! - `placement` — where a request goes when it arrives, when its backend fails, when a
 //!   backend is idle; and where a request that is not a generation goes.
-//! - [`order`] — which waiter a free backend takes.
-//! - [`estimates`] — how long a generation and a reload take, learned.
+//! - `order` — which waiter a free backend takes.
+//! - `estimates` — how long a generation and a reload take, learned.
 //!
 //! One `std` mutex guards the queues; it is never held across `.await`.
 
