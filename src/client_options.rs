@@ -22,7 +22,9 @@ use crate::admin::decisions::Decision;
 use crate::backend::forge::{key, Forge};
 use crate::config::{BackendId, ClientMemoryOptions};
 use crate::decide::body::GenerationBody;
-use crate::decide::plan::{self, same_value, Inputs, Named, PROXY_OWNED, RELOAD_ON_PRESENCE};
+use crate::decide::plan::{
+    self, same_value, Inputs, Named, Outcome, Place, Why, PROXY_OWNED, RELOAD_ON_PRESENCE,
+};
 use crate::decide::profile;
 use crate::error::{respond, ProxyError};
 use crate::generation::prepare::{current_options, observe_preparing, read_vram};
@@ -82,7 +84,7 @@ async fn set_options(
         ClientMemoryOptions::Reject => {
             return Err(ProxyError::ClientMemoryOptions {
                 keys: owned,
-                place: "the options call",
+                place: Place::OptionsCall,
             })
         }
         ClientMemoryOptions::Strip => {
@@ -252,9 +254,9 @@ impl Call<'_> {
             backend.forget_options();
         }
         let (outcome, reason) = if ok {
-            (plan.outcome.as_str(), plan.reason.as_str())
+            (plan.outcome, plan.reason)
         } else {
-            ("failed", "options_call_failed")
+            (Outcome::Failed, Why::OptionsCallFailed)
         };
         state
             .metrics

@@ -11,7 +11,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::backend::forge::ForgeError;
-use crate::decide::plan::PlanError;
+use crate::decide::plan::{Place, PlanError};
 use crate::decide::profile::UnknownProfile;
 use crate::forward::{CallAnswer, ForwardError};
 use crate::scheduler::Refused;
@@ -50,10 +50,7 @@ pub enum ProxyError {
     UnknownModelType(#[from] UnknownProfile),
 
     #[error("the proxy sets {} itself; remove it from {place} (memory.client_memory_options = \"reject\")", .keys.join(", "))]
-    ClientMemoryOptions {
-        keys: Vec<String>,
-        place: &'static str,
-    },
+    ClientMemoryOptions { keys: Vec<String>, place: Place },
 
     #[error(
         "could not prepare backend {backend} for the generation, which was not sent: {source}"

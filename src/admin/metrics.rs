@@ -17,6 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::backend::vram::ReadingSource;
+use crate::decide::plan::{Outcome, Why};
+
 /// The `Content-Type` to serve [`Metrics::render`]'s text with: the Prometheus text
 /// format, version 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -57,14 +60,14 @@ struct GenerationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OptionsCallLabels {
     backend: String,
-    outcome: String,
-    reason: String,
+    outcome: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GpuLabels {
     gpu: String,
-    source: String,
+    source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -304,23 +307,22 @@ impl Metrics {
     /// An options decision before a generation or a client's checkpoint change: outcome
     /// "applied" | "skipped" | "failed"; reason e.g. "changed", "same",
     /// "within_hysteresis", "no_vram_reading", "options_call_failed".
-    pub fn options_call(&self, backend: &str, outcome: &str, reason: &str) {
+    pub fn options_call(&self, backend: &str, outcome: Outcome, reason: Why) {
         self.inner
             .options_calls
             .get_or_create(&OptionsCallLabels {
                 backend: backend.to_owned(),
-                outcome: outcome.to_owned(),
-                reason: reason.to_owned(),
+                outcome: outcome.as_str(),
+                reason: reason.as_str(),
             })
             .inc();
     }
 
-    /// The latest VRAM reading of a GPU (label: e.g. "0" or the UUID), with its source
-    /// "nvml" | "backend".
-    pub fn vram(&self, gpu: &str, source: &str, total_mib: u64, used_mib: u64) {
+    /// The latest VRAM reading of a GPU (label: e.g. "0" or the UUID), with its source.
+    pub fn vram(&self, gpu: &str, source: ReadingSource, total_mib: u64, used_mib: u64) {
         let labels = GpuLabels {
             gpu: gpu.to_owned(),
-            source: source.to_owned(),
+            source: source.as_str(),
         };
         self.inner.vram_total.get_or_create(&labels).set(total_mib);
         self.inner.vram_used.get_or_create(&labels).set(used_mib);
@@ -510,10 +512,10 @@ mod tests {
     #[test]
     fn options_calls_are_counted_per_outcome_and_reason() {
         let metrics = Metrics::new();
-        metrics.options_call("forge", "applied", "changed");
-        metrics.options_call("forge", "skipped", "same");
-        metrics.options_call("forge", "skipped", "same");
-        metrics.options_call("forge", "failed", "options_call_failed");
+        metrics.options_call("forge", Outcome::Applied, Why::Changed);
+        metrics.options_call("forge", Outcome::Skipped, Why::Same);
+        metrics.options_call("forge", Outcome::Skipped, Why::Same);
+        metrics.options_call("forge", Outcome::Failed, Why::OptionsCallFailed);
 
         let scrape = scrape(&metrics);
         let name = "forge_proxy_options_calls_total";
@@ -535,9 +537,9 @@ mod tests {
     #[test]
     fn vram_gauges_show_the_latest_reading() {
         let metrics = Metrics::new();
-        metrics.vram("0", "nvml", 24_576, 1_000);
-        metrics.vram("0", "nvml", 24_576, 18_432);
-        metrics.vram("GPU-abc", "backend", 12_288, 512);
+        metrics.vram("0", ReadingSource::Nvml, 24_576, 1_000);
+        metrics.vram("0", ReadingSource::Nvml, 24_576, 18_432);
+        metrics.vram("GPU-abc", ReadingSource::Backend, 12_288, 512);
 
         let scrape = scrape(&metrics);
         let gpu0 = [("gpu", "0"), ("source", "nvml")];
@@ -629,8 +631,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.request("txt2img", 200);
         metrics.generation_seconds("forge", "sdxl", 1.0);
-        metrics.options_call("forge", "applied", "changed");
-        metrics.vram("0", "nvml", 1, 1);
+        metrics.options_call("forge", Outcome::Applied, Why::Changed);
+        metrics.vram("0", ReadingSource::Nvml, 1, 1);
         metrics.inference_memory("forge", 1);
         metrics.profile_switch("forge", "sdxl", "flux");
         metrics.queue_length("forge", 3);

@@ -23,29 +23,29 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Why a call to Forge failed, as the client's error message says it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ForgeError {
-    #[error("{call} {path}: {source}")]
+    #[error("{method} {path}: {source}")]
     Call {
-        call: &'static str,
+        method: Method,
         path: &'static str,
         source: CallError,
     },
     /// Forge refused the credentials (401/403): its answer goes to the client as it is.
-    #[error("{call} {path}: backend answered {}", .answer.status)]
+    #[error("{method} {path}: backend answered {}", .answer.status)]
     Denied {
-        call: &'static str,
+        method: Method,
         path: &'static str,
         answer: Box<CallAnswer>,
     },
-    #[error("{call} {path}: backend answered {status}: {detail}")]
+    #[error("{method} {path}: backend answered {status}: {detail}")]
     Status {
-        call: &'static str,
+        method: Method,
         path: &'static str,
         status: u16,
         detail: String,
     },
-    #[error("{call} {path}: unexpected answer: {detail}")]
+    #[error("{method} {path}: unexpected answer: {detail}")]
     Invalid {
-        call: &'static str,
+        method: Method,
         path: &'static str,
         detail: String,
     },
@@ -117,11 +117,11 @@ const MEMORY: &str = path::MEMORY;
 impl Forge<'_> {
     /// Every option with its current value.
     pub async fn options(&self) -> Result<Map<String, Value>, ForgeError> {
-        let body = self.exchange("GET", Method::GET, OPTIONS, None).await?;
+        let body = self.exchange(Method::GET, OPTIONS, None).await?;
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(options)) => Ok(options),
             Ok(_) | Err(_) => Err(ForgeError::Invalid {
-                call: "GET",
+                method: Method::GET,
                 path: OPTIONS,
                 detail: "not a JSON object".to_owned(),
             }),
@@ -131,22 +131,20 @@ impl Forge<'_> {
     /// Sets `changes`; Forge answers `null` on success.
     pub async fn set_options(&self, changes: &Map<String, Value>) -> Result<(), ForgeError> {
         let body = serde_json::to_vec(changes).map_err(|e| ForgeError::Invalid {
-            call: "POST",
+            method: Method::POST,
             path: OPTIONS,
             detail: e.to_string(),
         })?;
-        self.exchange("POST", Method::POST, OPTIONS, Some(body.into()))
+        self.exchange(Method::POST, OPTIONS, Some(body.into()))
             .await
             .map(drop)
     }
 
     /// The checkpoint catalog (`GET /sdapi/v1/sd-models`).
     pub async fn sd_models(&self) -> Result<Value, ForgeError> {
-        let body = self
-            .exchange("GET", Method::GET, path::SD_MODELS, None)
-            .await?;
+        let body = self.exchange(Method::GET, path::SD_MODELS, None).await?;
         serde_json::from_slice(&body).map_err(|e| ForgeError::Invalid {
-            call: "GET",
+            method: Method::GET,
             path: path::SD_MODELS,
             detail: format!("not JSON: {e}"),
         })
@@ -154,16 +152,16 @@ impl Forge<'_> {
 
     /// `POST /sdapi/v1/interrupt`: Forge stops the generation it is running.
     pub async fn interrupt(&self) -> Result<(), ForgeError> {
-        self.exchange("POST", Method::POST, path::INTERRUPT, None)
+        self.exchange(Method::POST, path::INTERRUPT, None)
             .await
             .map(drop)
     }
 
     /// `cuda.system` of `/sdapi/v1/memory`: the whole device, in bytes, converted to MiB.
     pub async fn memory(&self) -> Result<BackendMemory, ForgeError> {
-        let body = self.exchange("GET", Method::GET, MEMORY, None).await?;
+        let body = self.exchange(Method::GET, MEMORY, None).await?;
         let invalid = |detail: String| ForgeError::Invalid {
-            call: "GET",
+            method: Method::GET,
             path: MEMORY,
             detail,
         };
@@ -192,7 +190,6 @@ impl Forge<'_> {
 
     async fn exchange(
         &self,
-        call: &'static str,
         method: Method,
         path: &'static str,
         body: Option<Bytes>,
@@ -201,25 +198,34 @@ impl Forge<'_> {
             .forwarder
             .call(
                 self.backend,
-                method,
+                method.clone(),
                 path,
                 body,
                 self.authorization.as_ref(),
                 Some(OPTIONS_TIMEOUT),
             )
-            .await
-            .map_err(|source| ForgeError::Call { call, path, source })?;
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(source) => {
+                return Err(ForgeError::Call {
+                    method,
+                    path,
+                    source,
+                })
+            }
+        };
         let status = answer.status;
         if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
             return Err(ForgeError::Denied {
-                call,
+                method,
                 path,
                 answer: Box::new(answer),
             });
         }
         if !status.is_success() {
             return Err(ForgeError::Status {
-                call,
+                method,
                 path,
                 status: status.as_u16(),
                 detail: error_detail(&answer.body),

@@ -156,16 +156,29 @@ impl Named {
     }
 }
 
+/// Where a client sent the memory keys the proxy owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    OverrideSettings,
+    OptionsCall,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Place::OverrideSettings => "override_settings",
+            Place::OptionsCall => "the options call",
+        })
+    }
+}
+
 /// Why no plan can be made: the request itself is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("{0}")]
     UnknownModelType(#[from] UnknownProfile),
     #[error("the proxy sets {} itself; remove it from {place} (memory.client_memory_options = \"reject\")", .keys.join(", "))]
-    ClientMemoryOptions {
-        keys: Vec<String>,
-        place: &'static str,
-    },
+    ClientMemoryOptions { keys: Vec<String>, place: Place },
 }
 
 pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
@@ -213,7 +226,7 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
         ClientMemoryOptions::Reject => {
             return Err(PlanError::ClientMemoryOptions {
                 keys: owned_in_overrides,
-                place: "override_settings",
+                place: Place::OverrideSettings,
             })
         }
         ClientMemoryOptions::Strip => removed_override_settings = owned_in_overrides,

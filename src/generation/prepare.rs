@@ -14,7 +14,7 @@ use crate::backend::health::HealthEvent;
 use crate::backend::vram::VramReading;
 use crate::backend::Backend;
 use crate::config::BackendId;
-use crate::decide::plan::{self, Inputs, Plan, INFERENCE_MEMORY};
+use crate::decide::plan::{self, Inputs, Outcome, Plan, Why, INFERENCE_MEMORY};
 use crate::error::ProxyError;
 use crate::generation::{respond, unsent_backend_failure, Generation};
 use crate::proxy::request::set_length;
@@ -135,16 +135,14 @@ pub async fn apply(
             state.decisions.record(decision.failed(source.to_string()));
             state
                 .metrics
-                .options_call(url, "failed", "options_call_failed");
+                .options_call(url, Outcome::Failed, Why::OptionsCallFailed);
             let error = ProxyError::preparing(url, source);
             observe_preparing(state, id, &error);
             return Err(error);
         }
         backend.applied(&plan.options);
     }
-    state
-        .metrics
-        .options_call(url, plan.outcome.as_str(), plan.reason.as_str());
+    state.metrics.options_call(url, plan.outcome, plan.reason);
     state.decisions.record(decision);
     Ok(())
 }
@@ -218,7 +216,7 @@ pub async fn read_vram(
         Ok(reading) => {
             state.metrics.vram(
                 &backend.config.gpu.to_string(),
-                reading.source.as_str(),
+                reading.source,
                 reading.total_mib,
                 reading.used_mib,
             );

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::backend::vram::VramReading;
+use crate::backend::vram::{ReadingSource, VramReading};
 use crate::backend::Backend;
 use crate::config::ProfileId;
 use crate::decide::plan::Plan;
@@ -26,7 +26,7 @@ pub struct Told {
     inference_memory_mib: Option<u64>,
     gpu_weights_mib: Option<u64>,
     options_applied: bool,
-    vram_source: &'static str,
+    vram_source: Option<ReadingSource>,
 }
 
 impl Told {
@@ -36,7 +36,7 @@ impl Told {
             inference_memory_mib: plan.inference_memory_mib,
             gpu_weights_mib: plan.gpu_weights_mib,
             options_applied: !plan.options.is_empty(),
-            vram_source: reading.map_or("none", |r| r.source.as_str()),
+            vram_source: reading.map(|r| r.source),
         }
     }
 
@@ -55,7 +55,8 @@ impl Told {
             "false"
         };
         put(headers, OPTIONS_APPLIED_HEADER, applied);
-        put(headers, VRAM_SOURCE_HEADER, self.vram_source);
+        let source = self.vram_source.map_or("none", ReadingSource::as_str);
+        put(headers, VRAM_SOURCE_HEADER, source);
     }
 
     /// Forge answered after `took`: the generation's duration, by profile.

@@ -156,7 +156,11 @@ impl Scheduler {
         if !queues.lane(here).health.is_healthy() {
             return false;
         }
-        let fifo = self.config.scheduler.max_bypass == 0;
+        let taking = if self.config.scheduler.max_bypass == 0 {
+            Taking::Oldest
+        } else {
+            Taking::LoadedFirst
+        };
         let loaded_here = queues.lane(here).loaded;
         let mut best: Option<Stealable> = None;
         for from in self.config.backend_ids().filter(|id| *id != here) {
@@ -176,7 +180,10 @@ impl Scheduler {
                 }
                 let matches =
                     w.profile.is_none() || loaded_here.is_none() || w.profile == loaded_here;
-                if !fifo && !matches && wait_there <= queues.estimates.reload(w.profile) {
+                if taking == Taking::LoadedFirst
+                    && !matches
+                    && wait_there <= queues.estimates.reload(w.profile)
+                {
                     continue;
                 }
                 let candidate = Stealable {
@@ -185,7 +192,10 @@ impl Scheduler {
                     matches,
                     arrived: w.arrived,
                 };
-                if best.as_ref().is_none_or(|b| candidate.better_than(b, fifo)) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| candidate.better_than(b, taking))
+                {
                     best = Some(candidate);
                 }
             }
@@ -246,6 +256,15 @@ impl Scheduler {
     }
 }
 
+/// How a free backend chooses among the waiters of others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taking {
+    /// First come, first served (`max_bypass = 0`).
+    Oldest,
+    /// Affinity: of its loaded profile first, then the oldest.
+    LoadedFirst,
+}
+
 /// A waiter another backend could take, and why.
 struct Stealable {
     from: BackendId,
@@ -258,8 +277,8 @@ struct Stealable {
 impl Stealable {
     /// First come first served compares arrival alone; affinity prefers no reload, then the
     /// older.
-    fn better_than(&self, other: &Stealable, fifo: bool) -> bool {
-        if fifo || self.matches == other.matches {
+    fn better_than(&self, other: &Stealable, taking: Taking) -> bool {
+        if taking == Taking::Oldest || self.matches == other.matches {
             self.arrived < other.arrived
         } else {
             self.matches
