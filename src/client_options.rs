@@ -19,6 +19,7 @@ use http::Request;
 use serde_json::{Map, Value};
 
 use crate::admin::decisions::Decision;
+use crate::backend::catalog::Catalog;
 use crate::backend::forge::{key, Forge};
 use crate::config::{BackendId, ClientMemoryOptions};
 use crate::decide::body::GenerationBody;
@@ -32,7 +33,7 @@ use crate::generation::respond::note_profile;
 use crate::proxy::observe::request_id;
 use crate::proxy::pass_through;
 use crate::proxy::request::{read_body, set_length, Head};
-use crate::scheduler::Follow;
+use crate::scheduler::{Follow, Grant};
 use crate::state::AppState;
 
 pub async fn handle(state: AppState, client: Option<IpAddr>, request: Request<Body>) -> Response {
@@ -136,6 +137,16 @@ async fn set_options(
     })
 }
 
+/// One backend's part of a client's options call, inside its turn.
+struct Change<'a> {
+    id: BackendId,
+    /// What goes to Forge: what the client posted, less the keys dropped.
+    changes: Map<String, Value>,
+    /// The backend's options now.
+    current: &'a Map<String, Value>,
+    catalog: Option<&'a Catalog>,
+}
+
 /// One client's options call, sent to each backend in turn.
 struct Call<'a> {
     state: &'a AppState,
@@ -190,8 +201,8 @@ impl Call<'_> {
             .await
             .inspect_err(|error| observe_preparing(state, id, error))?;
         drop_unchanged_reload_keys(&mut changes, &current);
-        let changes_checkpoint = match (&name, current.get(key::CHECKPOINT).and_then(Value::as_str))
-        {
+        let now = current.get(key::CHECKPOINT).and_then(Value::as_str);
+        let changes_checkpoint = match (&name, now) {
             (None, _) => false,
             (Some(new), Some(now)) => {
                 new != now
@@ -201,20 +212,44 @@ impl Call<'_> {
             }
             (Some(_), None) => true,
         };
-        if !changes_checkpoint {
-            let sent = changes.clone();
-            let response = self.send(id, changes).await?;
-            if response.status().is_success() {
-                backend.applied(&sent);
-            } else {
-                backend.forget_options();
-            }
-            drop(grant);
-            return Ok(response);
+        let change = Change {
+            id,
+            changes,
+            current: &current,
+            catalog: catalog.as_deref(),
+        };
+        if changes_checkpoint {
+            self.change_checkpoint(change, &mut grant, &reader).await
+        } else {
+            self.change_options(change).await
         }
+    }
 
-        // A checkpoint change: the new profile's memory goes in the same call.
-        let reading = read_vram(state, backend, &reader).await;
+    /// A call that leaves the checkpoint as it is: sent as posted (less the keys dropped).
+    async fn change_options(&self, change: Change<'_>) -> Result<Response, ProxyError> {
+        let backend = &self.state.backends[change.id];
+        let sent = change.changes.clone();
+        let response = self.send(change.id, change.changes).await?;
+        if response.status().is_success() {
+            backend.applied(&sent);
+        } else {
+            backend.forget_options();
+        }
+        Ok(response)
+    }
+
+    /// A change to another checkpoint: the new profile's memory goes in the same call, and
+    /// the decision is recorded as a generation's is.
+    async fn change_checkpoint(
+        &self,
+        mut change: Change<'_>,
+        grant: &mut Grant,
+        reader: &Forge<'_>,
+    ) -> Result<Response, ProxyError> {
+        let state = self.state;
+        let backend = &state.backends[change.id];
+        let reading = read_vram(state, backend, reader).await;
+        let name = change.changes.get(key::CHECKPOINT).cloned();
         let probe = serde_json::json!({"override_settings": {"sd_model_checkpoint": name}});
         let probe = probe.to_string();
         let body =
@@ -226,41 +261,25 @@ impl Call<'_> {
             &Inputs {
                 model_type: None,
                 body: &body,
-                current: &current,
-                catalog: catalog.as_deref(),
+                current: change.current,
+                catalog: change.catalog,
                 reading: reading.as_ref(),
             },
         )?;
         // The profile's options replace values the client merely echoed (unchanged from the
         // backend's); a value the client really changes wins.
         for (key, value) in &plan.options {
-            let echoed = match (changes.get(key), current.get(key)) {
+            let echoed = match (change.changes.get(key), change.current.get(key)) {
                 (None, _) => true,
                 (Some(posted), Some(now)) => same_value(posted, now),
                 (Some(_), None) => false,
             };
             if echoed {
-                changes.insert(key.clone(), value.clone());
+                change.changes.insert(key.clone(), value.clone());
             }
         }
-        let sent = changes.clone();
-        let response = self.send(id, changes).await?;
-        let ok = response.status().is_success();
-        if ok {
-            backend.applied(&sent);
-            let had = grant.planned(plan.profile);
-            note_profile(state, backend, &plan, had);
-        } else {
-            backend.forget_options();
-        }
-        let (outcome, reason) = if ok {
-            (plan.outcome, plan.reason)
-        } else {
-            (Outcome::Failed, Why::OptionsCallFailed)
-        };
-        state
-            .metrics
-            .options_call(&backend.config.url, outcome, reason);
+        let sent = change.changes.clone();
+        let response = self.send(change.id, change.changes).await?;
         let decision = Decision::of(
             &plan,
             "options",
@@ -268,12 +287,24 @@ impl Call<'_> {
             &backend.config.url,
             reading,
         );
-        state.decisions.record(if ok {
-            decision
+        if response.status().is_success() {
+            backend.applied(&sent);
+            let had = grant.planned(plan.profile);
+            note_profile(state, backend, &plan, had);
+            state
+                .metrics
+                .options_call(&backend.config.url, plan.outcome, plan.reason);
+            state.decisions.record(decision);
         } else {
-            decision.failed(format!("backend answered {}", response.status()))
-        });
-        drop(grant);
+            backend.forget_options();
+            state.metrics.options_call(
+                &backend.config.url,
+                Outcome::Failed,
+                Why::OptionsCallFailed,
+            );
+            let failed = decision.failed(format!("backend answered {}", response.status()));
+            state.decisions.record(failed);
+        }
         Ok(response)
     }
 

@@ -42,7 +42,7 @@ pub async fn run(
     let background = CancellationToken::new();
     crate::backend::health::check::spawn_checks(&state, &background);
     let _stop_background = background.drop_guard();
-    let proxy = app(state);
+    let proxy = app(state.clone());
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -67,17 +67,22 @@ pub async fn run(
     drop(listener);
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     stopping.cancel();
+    state.stopping.cancel();
     connections.close();
+    state.work.close();
+    // In-flight requests, then what outlives them: generations whose client left (Forge is
+    // still running them), upgraded connections (closing now).
+    let drained = async {
+        connections.wait().await;
+        state.work.wait().await;
+    };
     match grace {
         Some(grace) => {
-            if tokio::time::timeout(grace, connections.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, drained).await.is_err() {
                 tracing::warn!("shutdown grace period over: closing the remaining connections");
             }
         }
-        None => connections.wait().await,
+        None => drained.await,
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::decisions::Decisions;
@@ -10,6 +11,7 @@ use crate::backend::nvml::{Nvml, NvmlError};
 use crate::backend::vram::VramSource;
 use crate::backend::{Backend, Backends};
 use crate::config::Config;
+use crate::forward::upgrade::Tunnels;
 use crate::forward::Forwarder;
 use crate::scheduler::Scheduler;
 
@@ -36,8 +38,11 @@ pub struct Shared {
     /// Why NVML is not used, when it is not (shown on `/proxy/status`).
     pub nvml_error: Option<String>,
     /// Work that outlives the request that started it: a generation Forge is still running
-    /// after its client left. Shutdown waits for it, within the grace period.
+    /// after its client left, an upgraded connection. Shutdown waits for it, within the
+    /// grace period.
     pub work: TaskTracker,
+    /// Cancelled when the server stops: upgraded connections close.
+    pub stopping: CancellationToken,
 }
 
 impl AppState {
@@ -79,7 +84,13 @@ impl AppState {
             .map_err(|e| std::io::Error::other(format!("probing the backends' GPUs failed: {e}")))?
         };
         let config = Arc::new(config);
-        let forwarder = Forwarder::new(&config);
+        let work = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        let tunnels = Tunnels {
+            tracker: work.clone(),
+            stop: stopping.clone(),
+        };
+        let forwarder = Forwarder::new(&config, tunnels);
         let metrics = Metrics::new();
         let scheduler = Scheduler::new(config.clone(), metrics.clone());
         Ok(Self(Arc::new(Shared {
@@ -90,7 +101,8 @@ impl AppState {
             metrics,
             scheduler,
             nvml_error,
-            work: TaskTracker::new(),
+            work,
+            stopping,
         })))
     }
 }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::backend::vram::ReadingSource;
 use crate::decide::plan::{Outcome, Why};
@@ -111,121 +111,39 @@ fn generation_histogram() -> Histogram {
     Histogram::new(GENERATION_BUCKETS)
 }
 
+/// A family of generation-length histograms, one per label set.
+fn histogram_family<S: Clone + std::hash::Hash + Eq>() -> HistogramFamily<S> {
+    Family::new_with_constructor(generation_histogram)
+}
+
+/// Registers `metric` under `name` (prefixed) and keeps a handle to record through.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// A fresh set of metrics, all series empty until something is recorded.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix(PREFIX);
-
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Finished requests by route and response status",
-            requests.clone(),
-        );
-
-        let generation_duration: HistogramFamily<GenerationLabels> =
-            Family::new_with_constructor(generation_histogram);
-        registry.register(
-            "generation_duration_seconds",
-            "Time from a generation getting its backend to its response headers",
-            generation_duration.clone(),
-        );
-
-        let options_calls = Family::<OptionsCallLabels, Counter>::default();
-        registry.register(
-            "options_calls",
-            "Options decisions before a generation or a checkpoint change, by outcome and reason",
-            options_calls.clone(),
-        );
-
-        let vram_total = Family::<GpuLabels, MibGauge>::default();
-        registry.register(
-            "vram_total_mib",
-            "Total memory of a GPU in MiB at its latest reading",
-            vram_total.clone(),
-        );
-
-        let vram_used = Family::<GpuLabels, MibGauge>::default();
-        registry.register(
-            "vram_used_mib",
-            "Used memory of a GPU in MiB at its latest reading",
-            vram_used.clone(),
-        );
-
-        let inference_memory = Family::<BackendLabels, MibGauge>::default();
-        registry.register(
-            "inference_memory_mib",
-            "The backend's forge_inference_memory in MiB as the proxy last set or read it",
-            inference_memory.clone(),
-        );
-
-        let profile_switches = Family::<ProfileSwitchLabels, Counter>::default();
-        registry.register(
-            "profile_switches",
-            "Moves of a backend from one profile to another, each a model reload",
-            profile_switches.clone(),
-        );
-
-        let queue_length = Family::<BackendLabels, MibGauge>::default();
-        registry.register(
-            "queue_length",
-            "Generations waiting in the proxy for a backend",
-            queue_length.clone(),
-        );
-
-        let queue_wait: HistogramFamily<BackendLabels> =
-            Family::new_with_constructor(generation_histogram);
-        registry.register(
-            "queue_wait_seconds",
-            "Time a generation waited in the proxy before its backend took it",
-            queue_wait.clone(),
-        );
-
-        let reloads_avoided = Family::<BackendLabels, Counter>::default();
-        registry.register(
-            "reloads_avoided",
-            "Generations taken ahead of older ones because their profile was already loaded",
-            reloads_avoided.clone(),
-        );
-
-        let retries = Counter::default();
-        registry.register(
-            "retries",
-            "Generations moved to another backend: the first failed before the request was sent, or went unhealthy while they waited",
-            retries.clone(),
-        );
-
-        let left_to_forge = Counter::default();
-        registry.register(
-            "left_to_forge",
-            "Generations Forge refuses (a body it cannot read, a field its model does not validate), forwarded untouched with nothing changed for them",
-            left_to_forge.clone(),
-        );
-
-        let clients_gone = Counter::default();
-        registry.register(
-            "clients_gone",
-            "Generations whose client went away before Forge answered; the backend stayed held until it had",
-            clients_gone.clone(),
-        );
-
+        let mut r = Registry::with_prefix(PREFIX);
+        let inner = Inner {
+            requests: registered(&mut r, "requests", "Finished requests by route and response status", Family::default()),
+            generation_duration: registered(&mut r, "generation_duration_seconds", "Time from a generation getting its backend to its response headers", histogram_family()),
+            options_calls: registered(&mut r, "options_calls", "Options decisions before a generation or a checkpoint change, by outcome and reason", Family::default()),
+            vram_total: registered(&mut r, "vram_total_mib", "Total memory of a GPU in MiB at its latest reading", Family::default()),
+            vram_used: registered(&mut r, "vram_used_mib", "Used memory of a GPU in MiB at its latest reading", Family::default()),
+            inference_memory: registered(&mut r, "inference_memory_mib", "The backend's forge_inference_memory in MiB as the proxy last set or read it", Family::default()),
+            profile_switches: registered(&mut r, "profile_switches", "Moves of a backend from one profile to another, each a model reload", Family::default()),
+            queue_length: registered(&mut r, "queue_length", "Generations waiting in the proxy for a backend", Family::default()),
+            queue_wait: registered(&mut r, "queue_wait_seconds", "Time a generation waited in the proxy before its backend took it", histogram_family()),
+            reloads_avoided: registered(&mut r, "reloads_avoided", "Generations taken ahead of older ones because their profile was already loaded", Family::default()),
+            retries: registered(&mut r, "retries", "Generations moved to another backend: the first failed before the request was sent, or went unhealthy while they waited", Counter::default()),
+            left_to_forge: registered(&mut r, "left_to_forge", "Generations Forge refuses (a body it cannot read, a field its model does not validate), forwarded untouched with nothing changed for them", Counter::default()),
+            clients_gone: registered(&mut r, "clients_gone", "Generations whose client went away before Forge answered; the backend stayed held until it had", Counter::default()),
+            registry: r,
+        };
         Self {
-            inner: Arc::new(Inner {
-                registry,
-                left_to_forge,
-                clients_gone,
-                queue_length,
-                queue_wait,
-                reloads_avoided,
-                retries,
-                requests,
-                generation_duration,
-                options_calls,
-                vram_total,
-                vram_used,
-                inference_memory,
-                profile_switches,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

@@ -183,17 +183,60 @@ pub enum PlanError {
 
 pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
     let overrides = inputs.body.override_settings();
+    let chosen = choose_profile(config, inputs, &overrides)?;
+    let profile = config.profile(chosen.profile);
+    let client = client_memory(config, &overrides)?;
+    let memory = memory(config, profile, inputs, client.value);
+    let options = options_to_send(profile, inputs, &memory);
+    let added_fields: Map<String, Value> = profile
+        .request_defaults
+        .iter()
+        .filter(|(key, _)| !inputs.body.has(key))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let (outcome, reason) = outcome(&options, memory.change, client.value);
+    Ok(Plan {
+        profile: chosen.profile,
+        profile_name: profile.name.clone(),
+        why_profile: chosen.why,
+        unknown_checkpoint: chosen.unknown_checkpoint,
+        computed: memory.computed,
+        inference_memory_mib: memory.in_effect,
+        gpu_weights_mib: memory.gpu_weights,
+        options,
+        outcome,
+        reason,
+        edits: BodyEdits {
+            added: added_fields.clone(),
+            removed_overrides: client.removed.clone(),
+        },
+        added_fields,
+        removed_override_settings: client.removed,
+    })
+}
+
+/// The profile, why, and an override checkpoint name Forge does not know.
+struct Chosen {
+    profile: ProfileId,
+    why: Reason,
+    unknown_checkpoint: Option<String>,
+}
+
+/// Resolves the request's and the backend's checkpoint names as Forge does, then the profile.
+fn choose_profile(
+    config: &Config,
+    inputs: &Inputs<'_>,
+    overrides: &Map<String, Value>,
+) -> Result<Chosen, PlanError> {
     let text = |map: &Map<String, Value>, key: &str| {
         map.get(key).and_then(Value::as_str).map(str::to_owned)
     };
-    let override_name = text(&overrides, key::CHECKPOINT);
+    let override_name = text(overrides, key::CHECKPOINT);
     let override_checkpoint = override_name
         .as_deref()
         .map(|name| Named::resolve(inputs.catalog, name));
-    let unknown_checkpoint = override_name
-        .clone()
-        .filter(|_| override_checkpoint == Some(Named::Unknown));
-    let override_preset = text(&overrides, key::PRESET);
+    let unknown_checkpoint = override_name.filter(|_| override_checkpoint == Some(Named::Unknown));
+    let override_preset = text(overrides, key::PRESET);
     // Forge stores the name as posted (a hash, a title): resolved like any other; a name
     // the catalog does not know (a removed file) is matched as spelled.
     let backend_checkpoint =
@@ -209,80 +252,130 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
         override_preset: override_preset.as_deref(),
         backend_checkpoint: backend_checkpoint.as_ref().and_then(Named::matchable),
     };
-    let (index, why_profile) = profile::resolve(&config.profiles, config.default_profile, &hints)
-        .map_err(PlanError::UnknownModelType)?;
-    let profile = config.profile(index);
+    let (profile, why) = profile::resolve(&config.profiles, config.default_profile, &hints)?;
+    Ok(Chosen {
+        profile,
+        why,
+        unknown_checkpoint,
+    })
+}
 
-    // The client's own memory keys in override_settings.
-    let owned_in_overrides: Vec<String> = PROXY_OWNED
+/// What becomes of the client's own memory keys in `override_settings`.
+struct ClientMemory {
+    /// The client's memory value, when honoured.
+    value: Option<u64>,
+    /// Keys removed from `override_settings`.
+    removed: Vec<String>,
+}
+
+fn client_memory(
+    config: &Config,
+    overrides: &Map<String, Value>,
+) -> Result<ClientMemory, PlanError> {
+    let owned: Vec<String> = PROXY_OWNED
         .iter()
         .filter(|key| overrides.contains_key(**key))
         .map(|key| (*key).to_owned())
         .collect();
-    let mut client_value = None;
-    let mut removed_override_settings = Vec::new();
+    let none = ClientMemory {
+        value: None,
+        removed: Vec::new(),
+    };
     match config.memory.client_memory_options {
-        _ if owned_in_overrides.is_empty() => {}
-        ClientMemoryOptions::Reject => {
-            return Err(PlanError::ClientMemoryOptions {
-                keys: owned_in_overrides,
-                place: Place::OverrideSettings,
-            })
-        }
-        ClientMemoryOptions::Strip => removed_override_settings = owned_in_overrides,
-        ClientMemoryOptions::Honor => {
-            // Applied through the proxy's own options call, so Forge does not set and
-            // restore it around the generation (two reloads).
-            if overrides.contains_key(INFERENCE_MEMORY) {
-                client_value = overrides
+        _ if owned.is_empty() => Ok(none),
+        ClientMemoryOptions::Reject => Err(PlanError::ClientMemoryOptions {
+            keys: owned,
+            place: Place::OverrideSettings,
+        }),
+        ClientMemoryOptions::Strip => Ok(ClientMemory {
+            value: None,
+            removed: owned,
+        }),
+        // Applied through the proxy's own options call, so Forge does not set and restore it
+        // around the generation (two reloads).
+        ClientMemoryOptions::Honor if overrides.contains_key(INFERENCE_MEMORY) => {
+            Ok(ClientMemory {
+                value: overrides
                     .get(INFERENCE_MEMORY)
                     .and_then(Value::as_f64)
                     .filter(|v| v.is_finite())
-                    .map(|v| v.max(0.0).round() as u64);
-                removed_override_settings.push(INFERENCE_MEMORY.to_owned());
-            }
+                    .map(|v| v.max(0.0).round() as u64),
+                removed: vec![INFERENCE_MEMORY.to_owned()],
+            })
         }
+        ClientMemoryOptions::Honor => Ok(none),
     }
+}
 
+/// The memory decision for the generation.
+struct Memory {
+    computed: Option<MemoryDecision>,
+    /// The value to set, when it changes (hysteresis applied).
+    target: Option<u64>,
+    change: Option<Change>,
+    /// The value the generation runs with.
+    in_effect: Option<u64>,
+    /// GPU Weights as Forge's slider shows it.
+    gpu_weights: Option<u64>,
+    /// Changes smaller than this are not worth a reload.
+    min_change: u64,
+}
+
+fn memory(
+    config: &Config,
+    profile: &Profile,
+    inputs: &Inputs<'_>,
+    client_value: Option<u64>,
+) -> Memory {
     let size = inputs.body.size();
     let computed = client_value
         .is_none()
         .then(|| compute(config, profile, inputs.reading, &size))
         .flatten();
     let target = client_value.or(computed.as_ref().map(|d| d.inference_mib));
-    let current_memory = inputs.current.get(INFERENCE_MEMORY).and_then(Value::as_f64);
+    let current = inputs.current.get(INFERENCE_MEMORY).and_then(Value::as_f64);
     let min_change = if client_value.is_some() {
         1
     } else {
         config.memory.min_change_mib
     };
-
-    let mut options = Map::new();
-    let change = target.map(|t| policy::change_needed(current_memory, t, min_change));
-    if let (Some(target), Some(Change::Apply)) = (target, change) {
-        options.insert(INFERENCE_MEMORY.to_owned(), Value::from(target));
-    }
+    let change = target.map(|t| policy::change_needed(current, t, min_change));
     let in_effect = match change {
         Some(Change::Apply) => target,
-        _ => current_memory.map(|v| v.round() as u64).or(target),
+        _ => current.map(|v| v.round() as u64).or(target),
     };
-    let total = inputs.reading.map(|r| r.total_mib);
-    let gpu_weights_mib = match (total, in_effect) {
+    let gpu_weights = match (inputs.reading.map(|r| r.total_mib), in_effect) {
         (Some(total), Some(inference)) => Some(total.saturating_sub(inference)),
         _ => None,
     };
-    if let (Some(key), Some(weights)) = (profile.preset_weights_key(), gpu_weights_mib) {
+    Memory {
+        computed,
+        target: target.filter(|_| change == Some(Change::Apply)),
+        change,
+        in_effect,
+        gpu_weights,
+        min_change,
+    }
+}
+
+/// The options that differ from Forge's: the memory value, the preset's GPU Weights kept in
+/// step with it, and the profile's options.
+fn options_to_send(profile: &Profile, inputs: &Inputs<'_>, memory: &Memory) -> Map<String, Value> {
+    let mut options = Map::new();
+    if let Some(target) = memory.target {
+        options.insert(INFERENCE_MEMORY.to_owned(), Value::from(target));
+    }
+    if let (Some(key), Some(weights)) = (profile.preset_weights_key(), memory.gpu_weights) {
         // The same hysteresis: a page reload landing a few MiB off costs nothing.
         let stored = inputs.current.get(key).and_then(Value::as_f64);
-        if policy::change_needed(stored, weights, min_change) == Change::Apply
-            || (options.contains_key(INFERENCE_MEMORY) && stored != Some(weights as f64))
+        if policy::change_needed(stored, weights, memory.min_change) == Change::Apply
+            || (memory.target.is_some() && stored != Some(weights as f64))
         {
             options.insert(key.to_owned(), Value::from(weights));
         }
     }
     for (key, value) in &profile.options {
-        let now = inputs.current.get(key);
-        let same = match (key.as_str(), now) {
+        let same = match (key.as_str(), inputs.current.get(key)) {
             // Another alias of the checkpoint Forge has is the same checkpoint.
             (key::CHECKPOINT, Some(Value::String(now))) => {
                 same_checkpoint(inputs.catalog, now, value)
@@ -294,41 +387,27 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
             options.insert(key.clone(), value.clone());
         }
     }
+    options
+}
 
-    let added_fields: Map<String, Value> = profile
-        .request_defaults
-        .iter()
-        .filter(|(key, _)| !inputs.body.has(key))
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-
-    let memory_applied = options.contains_key(INFERENCE_MEMORY);
-    let (outcome, reason) = match (memory_applied, options.is_empty(), change) {
+/// Whether an options call goes out, and why.
+fn outcome(
+    options: &Map<String, Value>,
+    change: Option<Change>,
+    client_value: Option<u64>,
+) -> (Outcome, Why) {
+    match (
+        options.contains_key(INFERENCE_MEMORY),
+        options.is_empty(),
+        change,
+    ) {
         (true, _, _) if client_value.is_some() => (Outcome::Applied, Why::ClientValue),
         (true, _, _) => (Outcome::Applied, Why::Changed),
         (false, false, _) => (Outcome::Applied, Why::OptionsChanged),
         (false, true, Some(Change::WithinHysteresis)) => (Outcome::Skipped, Why::WithinHysteresis),
         (false, true, Some(_)) => (Outcome::Skipped, Why::Same),
         (false, true, None) => (Outcome::Skipped, Why::NoVramReading),
-    };
-    Ok(Plan {
-        profile: index,
-        profile_name: profile.name.clone(),
-        why_profile,
-        unknown_checkpoint,
-        computed,
-        inference_memory_mib: in_effect,
-        gpu_weights_mib,
-        options,
-        outcome,
-        reason,
-        edits: BodyEdits {
-            added: added_fields.clone(),
-            removed_overrides: removed_override_settings.clone(),
-        },
-        added_fields,
-        removed_override_settings,
-    })
+    }
 }
 
 /// Whether a profile's `sd_model_checkpoint` names the checkpoint Forge has (`now`, as

@@ -34,6 +34,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,
     max_request_body: u64,
+    tunnels: upgrade::Tunnels,
 }
 
 /// What a single forward needs besides the request.
@@ -45,7 +46,7 @@ pub struct Route<'a> {
 }
 
 impl Forwarder {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, tunnels: upgrade::Tunnels) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(config.timeouts.connect);
         connector.set_nodelay(true);
@@ -56,6 +57,7 @@ impl Forwarder {
         Self {
             client,
             max_request_body: config.max_request_body,
+            tunnels,
         }
     }
 
@@ -122,7 +124,8 @@ impl Forwarder {
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
-                upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+                self.tunnels
+                    .open(client_upgrade, hyper::upgrade::on(&mut response));
                 return Ok(response.map(Body::new));
             }
         }
