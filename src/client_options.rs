@@ -21,11 +21,10 @@ use serde_json::{Map, Value};
 use crate::admin::decisions::Decision;
 use crate::backend::catalog::Catalog;
 use crate::backend::forge::{key, Forge};
-use crate::config::{BackendId, ClientMemoryOptions};
+use crate::config::BackendId;
 use crate::decide::body::GenerationBody;
-use crate::decide::plan::{
-    self, same_value, Inputs, Named, Outcome, Place, Why, PROXY_OWNED, RELOAD_ON_PRESENCE,
-};
+use crate::decide::client_memory::{ClientMemory, Place};
+use crate::decide::plan::{self, same_value, Inputs, Named, Outcome, Why, RELOAD_ON_PRESENCE};
 use crate::decide::profile;
 use crate::error::{respond, ProxyError};
 use crate::generation::prepare::{current_options, observe_preparing, read_vram};
@@ -75,26 +74,15 @@ async fn set_options(
         return Ok(pass_through::forward(state, client, request, Follow::Any).await);
     };
     let posted = changes.clone();
-    let owned: Vec<String> = PROXY_OWNED
-        .iter()
-        .filter(|key| changes.contains_key(**key))
-        .map(|key| (*key).to_owned())
-        .collect();
-    match state.config.memory.client_memory_options {
-        _ if owned.is_empty() => {}
-        ClientMemoryOptions::Reject => {
-            return Err(ProxyError::ClientMemoryOptions {
-                keys: owned,
-                place: Place::OptionsCall,
-            })
+    let rule = state.config.memory.client_memory_options;
+    let stripped = ClientMemory::judge(rule, &changes, Place::OptionsCall)?
+        .stripped()
+        .to_vec();
+    if !stripped.is_empty() {
+        tracing::info!(keys = ?stripped, "removed the client's memory options");
+        for key in &stripped {
+            changes.remove(key);
         }
-        ClientMemoryOptions::Strip => {
-            tracing::info!(keys = ?owned, "removed the client's memory options");
-            for key in &owned {
-                changes.remove(key);
-            }
-        }
-        ClientMemoryOptions::Honor => {}
     }
     let call = Call {
         state,

@@ -11,7 +11,8 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::backend::forge::ForgeError;
-use crate::decide::plan::{Place, PlanError};
+use crate::decide::client_memory::Rejected;
+use crate::decide::plan::PlanError;
 use crate::decide::profile::UnknownProfile;
 use crate::forward::{CallAnswer, ForwardError};
 use crate::scheduler::Refused;
@@ -49,8 +50,8 @@ pub enum ProxyError {
     #[error("{0}")]
     UnknownModelType(#[from] UnknownProfile),
 
-    #[error("the proxy sets {} itself; remove it from {place} (memory.client_memory_options = \"reject\")", .keys.join(", "))]
-    ClientMemoryOptions { keys: Vec<String>, place: Place },
+    #[error("{0}")]
+    ClientMemoryOptions(#[from] Rejected),
 
     #[error(
         "could not prepare backend {backend} for the generation, which was not sent: {source}"
@@ -109,9 +110,7 @@ impl From<PlanError> for ProxyError {
     fn from(error: PlanError) -> Self {
         match error {
             PlanError::UnknownModelType(unknown) => Self::UnknownModelType(unknown),
-            PlanError::ClientMemoryOptions { keys, place } => {
-                Self::ClientMemoryOptions { keys, place }
-            }
+            PlanError::ClientMemoryOptions(refused) => Self::ClientMemoryOptions(refused),
         }
     }
 }
@@ -155,9 +154,9 @@ impl ProxyError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
-            Self::UnknownModelType(_)
-            | Self::ClientMemoryOptions { .. }
-            | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::UnknownModelType(_) | Self::ClientMemoryOptions(_) | Self::ClientBody { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::OptionsFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BackendDenied { answer, .. } => answer.status,
@@ -173,7 +172,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } | Self::InspectedBodyTooLarge { .. } => "PayloadTooLarge",
             Self::UnknownProxyRoute { .. } => "NotFound",
             Self::UnknownModelType(_) => "UnknownModelType",
-            Self::ClientMemoryOptions { .. } => "ClientMemoryOptions",
+            Self::ClientMemoryOptions(_) => "ClientMemoryOptions",
             Self::OptionsFailed { .. } => "OptionsCallFailed",
             Self::ClientBody { .. } => "BadRequestBody",
             Self::Refused(Refused::QueueFull { .. }) => "QueueFull",

@@ -14,7 +14,7 @@ use crate::config::BackendId;
 use crate::decide::body::GenerationBody;
 use crate::decide::plan::{self, Inputs, INFERENCE_MEMORY};
 use crate::error::ProxyError;
-use crate::generation::prepare::checkpoint_names;
+use crate::generation::prepare::{checkpoint_names, current_options, read_vram};
 use crate::generation::MODEL_TYPE_HEADER;
 use crate::proxy::request::{read_body, Head};
 use crate::state::AppState;
@@ -63,19 +63,13 @@ pub async fn plan(
         .unwrap_or(BackendId(0));
     let backend = &state.backends[id];
     let forge = Forge::for_client(&state.forwarder, &backend.config, &parts.headers);
-    let current = match backend.known_options() {
-        Some(known) if !state.config.memory.verify_before_generation => known,
-        _ => forge
-            .options()
-            .await
-            .map_err(|source| ProxyError::preparing(&backend.config.url, source))?,
-    };
+    let current = current_options(&state, backend, &forge).await?;
     let reader = Forge::reading_for(&state.forwarder, &backend.config, &parts.headers);
     let overrides = body.override_settings();
     let catalog = backend
         .catalog_knowing(&reader, &checkpoint_names(&overrides, &current))
         .await;
-    let reading = backend.vram.read(&reader).await.ok();
+    let reading = read_vram(&state, backend, &reader).await;
     let plan = plan::plan(
         &state.config,
         &Inputs {

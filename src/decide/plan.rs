@@ -8,20 +8,14 @@ use serde_json::{Map, Value};
 use crate::backend::catalog::Catalog;
 use crate::backend::forge::key;
 use crate::backend::vram::VramReading;
-use crate::config::{ClientMemoryOptions, Config, Profile};
+use crate::config::{Config, Profile};
 use crate::decide::body::{BodyEdits, GenerationBody};
+use crate::decide::client_memory::{ClientMemory, Place, Rejected};
 use crate::decide::policy::{self, Change, MemoryDecision, MemoryPolicy, RequestSize};
 use crate::decide::profile::{self, Hints, ProfileId, Reason, UnknownProfile};
 
 /// Forge's option for the memory kept free for computation (MiB).
 pub const INFERENCE_MEMORY: &str = key::INFERENCE_MEMORY;
-/// Options the proxy owns: its memory value and the per-preset "GPU Weights" it keeps in
-/// step with it.
-pub const PROXY_OWNED: [&str; 3] = [
-    key::INFERENCE_MEMORY,
-    key::FLUX_GPU_WEIGHTS,
-    key::XL_GPU_WEIGHTS,
-];
 /// Memory options whose mere presence in an options call makes Forge reload the model.
 pub const RELOAD_ON_PRESENCE: [&str; 2] = [key::ASYNC_LOADING, key::PIN_SHARED_MEMORY];
 
@@ -156,36 +150,20 @@ impl Named {
     }
 }
 
-/// Where a client sent the memory keys the proxy owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
-    OverrideSettings,
-    OptionsCall,
-}
-
-impl std::fmt::Display for Place {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Place::OverrideSettings => "override_settings",
-            Place::OptionsCall => "the options call",
-        })
-    }
-}
-
 /// Why no plan can be made: the request itself is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("{0}")]
     UnknownModelType(#[from] UnknownProfile),
-    #[error("the proxy sets {} itself; remove it from {place} (memory.client_memory_options = \"reject\")", .keys.join(", "))]
-    ClientMemoryOptions { keys: Vec<String>, place: Place },
+    #[error("{0}")]
+    ClientMemoryOptions(#[from] Rejected),
 }
 
 pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
     let overrides = inputs.body.override_settings();
     let chosen = choose_profile(config, inputs, &overrides)?;
     let profile = config.profile(chosen.profile);
-    let client = client_memory(config, &overrides)?;
+    let client = from_client(config, &overrides)?;
     let memory = memory(config, profile, inputs, client.value);
     let options = options_to_send(profile, inputs, &memory);
     let added_fields: Map<String, Value> = profile
@@ -260,51 +238,25 @@ fn choose_profile(
     })
 }
 
-/// What becomes of the client's own memory keys in `override_settings`.
-struct ClientMemory {
-    /// The client's memory value, when honoured.
+/// The client's own memory keys in `override_settings`: those taken out of the body, and
+/// the value honoured. An honoured value is applied through the proxy's own options call, so
+/// Forge does not set and restore it around the generation (two reloads).
+struct FromClient {
     value: Option<u64>,
-    /// Keys removed from `override_settings`.
     removed: Vec<String>,
 }
 
-fn client_memory(
-    config: &Config,
-    overrides: &Map<String, Value>,
-) -> Result<ClientMemory, PlanError> {
-    let owned: Vec<String> = PROXY_OWNED
-        .iter()
-        .filter(|key| overrides.contains_key(**key))
-        .map(|key| (*key).to_owned())
-        .collect();
-    let none = ClientMemory {
-        value: None,
-        removed: Vec::new(),
-    };
-    match config.memory.client_memory_options {
-        _ if owned.is_empty() => Ok(none),
-        ClientMemoryOptions::Reject => Err(PlanError::ClientMemoryOptions {
-            keys: owned,
-            place: Place::OverrideSettings,
-        }),
-        ClientMemoryOptions::Strip => Ok(ClientMemory {
-            value: None,
-            removed: owned,
-        }),
-        // Applied through the proxy's own options call, so Forge does not set and restore it
-        // around the generation (two reloads).
-        ClientMemoryOptions::Honor if overrides.contains_key(INFERENCE_MEMORY) => {
-            Ok(ClientMemory {
-                value: overrides
-                    .get(INFERENCE_MEMORY)
-                    .and_then(Value::as_f64)
-                    .filter(|v| v.is_finite())
-                    .map(|v| v.max(0.0).round() as u64),
-                removed: vec![INFERENCE_MEMORY.to_owned()],
-            })
-        }
-        ClientMemoryOptions::Honor => Ok(none),
+fn from_client(config: &Config, overrides: &Map<String, Value>) -> Result<FromClient, Rejected> {
+    let rule = config.memory.client_memory_options;
+    let judged = ClientMemory::judge(rule, overrides, Place::OverrideSettings)?;
+    let mut removed = judged.stripped().to_vec();
+    if judged.honoured && overrides.contains_key(INFERENCE_MEMORY) {
+        removed.push(INFERENCE_MEMORY.to_owned());
     }
+    Ok(FromClient {
+        value: judged.honoured_value(overrides),
+        removed,
+    })
 }
 
 /// The memory decision for the generation.

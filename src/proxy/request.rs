@@ -7,6 +7,7 @@ use http::header;
 use http_body_util::{BodyExt, Limited};
 
 use crate::error::ProxyError;
+use crate::forward::content_length;
 
 /// Reads a body the proxy must inspect, refusing more than `limit` bytes.
 pub async fn read_body(
@@ -27,14 +28,6 @@ pub async fn read_body(
             reason: e.to_string(),
         }),
     }
-}
-
-/// The declared `Content-Length`, when it is a number.
-pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// A request's method, URI, version and headers, to send it again with a body.
