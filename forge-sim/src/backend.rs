@@ -191,29 +191,15 @@ impl Backend {
                 // `sd_model_checkpoint = None` falls through Forge's alias check and changes
                 // nothing a client can observe; the simulator skips it.
                 "sd_model_checkpoint" if value.is_null() => {}
-                "sd_model_checkpoint" => {
-                    let Some(new) = value.as_str().and_then(|alias| self.catalog.resolve(alias))
-                    else {
-                        if unknown_checkpoint == UnknownCheckpoint::Drop {
-                            continue;
+                "sd_model_checkpoint" => match self.set_checkpoint(value, unknown_checkpoint) {
+                    Ok(changed) => {
+                        if changed {
+                            change.changed.insert(key.clone(), value.clone());
+                            refresh_loading = true;
                         }
-                        let error =
-                            ApiError::runtime(format!("model {} not found", py_repr(value)));
-                        return (change, Some(error));
-                    };
-                    // `main_entry.checkpoint_change`: another alias of the selected model
-                    // changes nothing, not even the stored string; a new model is stored
-                    // as the alias was sent.
-                    let current = self
-                        .options
-                        .str("sd_model_checkpoint")
-                        .and_then(|alias| self.catalog.resolve(alias));
-                    if current.map(|c| &c.name) != Some(&new.name) {
-                        self.options.set_internal(key, value.clone());
-                        change.changed.insert(key.clone(), value.clone());
-                        refresh_loading = true;
                     }
-                }
+                    Err(error) => return (change, Some(error)),
+                },
                 "forge_additional_modules" => {
                     if let Some(stored) = self.options.set(key, value) {
                         change.changed.insert(key.clone(), stored);
@@ -250,6 +236,36 @@ impl Backend {
             self.refresh_model_loading_parameters();
         }
         (change, None)
+    }
+
+    /// A posted `sd_model_checkpoint`: whether it changes the selected model (stored as
+    /// the alias was sent); an unknown name is an error, or skipped as `unknown` says.
+    fn set_checkpoint(
+        &mut self,
+        value: &Value,
+        unknown: UnknownCheckpoint,
+    ) -> Result<bool, ApiError> {
+        let Some(new) = value.as_str().and_then(|alias| self.catalog.resolve(alias)) else {
+            return match unknown {
+                UnknownCheckpoint::Drop => Ok(false),
+                UnknownCheckpoint::Reject => Err(ApiError::runtime(format!(
+                    "model {} not found",
+                    py_repr(value)
+                ))),
+            };
+        };
+        // `main_entry.checkpoint_change`: another alias of the selected model changes
+        // nothing, not even the stored string; a new model is stored as the alias was sent.
+        let current = self
+            .options
+            .str("sd_model_checkpoint")
+            .and_then(|alias| self.catalog.resolve(alias));
+        if current.map(|c| &c.name) == Some(&new.name) {
+            return Ok(false);
+        }
+        self.options
+            .set_internal("sd_model_checkpoint", value.clone());
+        Ok(true)
     }
 
     /// Forge's `refresh_model_loading_parameters`: the checkpoint, modules and

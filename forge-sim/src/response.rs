@@ -129,28 +129,7 @@ fn info(request: &GenerationRequest, produced: &Produced<'_>) -> Value {
     let infotexts: Vec<String> = seeds
         .iter()
         .map(|seed| {
-            let mut fields = vec![
-                format!("Steps: {}", request.int("steps")),
-                format!("Sampler: {sampler}"),
-                format!("Schedule type: {scheduler}"),
-                format!("CFG scale: {}", short_number(cfg_scale)),
-            ];
-            if checkpoint.family == Family::Flux {
-                fields.push(format!(
-                    "Distilled CFG Scale: {}",
-                    short_number(request.float("distilled_cfg_scale"))
-                ));
-            }
-            fields.extend([
-                format!("Seed: {seed}"),
-                format!("Size: {width}x{height}"),
-                format!("Model hash: {}", checkpoint.short_hash),
-                format!("Model: {}", checkpoint.name_for_extra),
-            ]);
-            if let Value::Number(strength) = &denoising {
-                fields.push(format!("Denoising strength: {strength}"));
-            }
-            fields.push(format!("Version: {FORGE_VERSION}"));
+            let fields = infotext_fields(request, produced, sampler, &scheduler, *seed, &denoising);
             let negative_line = if negative.is_empty() {
                 String::new()
             } else {
@@ -194,6 +173,41 @@ fn info(request: &GenerationRequest, produced: &Produced<'_>) -> Value {
         "is_using_inpainting_conditioning": false,
         "version": FORGE_VERSION,
     })
+}
+
+/// The parameters line of one image's infotext, field by field.
+fn infotext_fields(
+    request: &GenerationRequest,
+    produced: &Produced<'_>,
+    sampler: &str,
+    scheduler: &str,
+    seed: i64,
+    denoising: &Value,
+) -> Vec<String> {
+    let checkpoint = produced.checkpoint;
+    let mut fields = vec![
+        format!("Steps: {}", request.int("steps")),
+        format!("Sampler: {sampler}"),
+        format!("Schedule type: {scheduler}"),
+        format!("CFG scale: {}", short_number(request.float("cfg_scale"))),
+    ];
+    if checkpoint.family == Family::Flux {
+        fields.push(format!(
+            "Distilled CFG Scale: {}",
+            short_number(request.float("distilled_cfg_scale"))
+        ));
+    }
+    fields.extend([
+        format!("Seed: {seed}"),
+        format!("Size: {}x{}", request.int("width"), request.int("height")),
+        format!("Model hash: {}", checkpoint.short_hash),
+        format!("Model: {}", checkpoint.name_for_extra),
+    ]);
+    if let Value::Number(strength) = denoising {
+        fields.push(format!("Denoising strength: {strength}"));
+    }
+    fields.push(format!("Version: {FORGE_VERSION}"));
+    fields
 }
 
 /// `7` for 7.0, `3.5` for 3.5, as infotexts print numbers.
@@ -261,66 +275,8 @@ fn parse_generation_parameters(
     text: &str,
     options: &InfotextOptions,
 ) -> Result<Map<String, Value>, ApiError> {
-    let mut res = Map::new();
-    let mut lines: Vec<&str> = text.trim().split('\n').collect();
-    let mut last = lines.pop().unwrap_or_default();
-    if re_param().captures_iter(last).count() < 3 {
-        lines.push(last);
-        last = "";
-    }
-    let mut lastline = last.to_owned();
-    let (mut prompt, mut negative) = (String::new(), String::new());
-    let mut done_with_prompt = false;
-    for line in lines.iter().map(|line| line.trim()) {
-        let line = match line.strip_prefix("Negative prompt:") {
-            Some(rest) => {
-                done_with_prompt = true;
-                rest.trim()
-            }
-            None => line,
-        };
-        let target = if done_with_prompt {
-            &mut negative
-        } else {
-            &mut prompt
-        };
-        if !target.is_empty() {
-            target.push('\n');
-        }
-        target.push_str(line);
-    }
-    if lastline.contains("Civitai") && lastline.contains("FLUX") {
-        for skip in 0..=8 {
-            lastline = lastline.replace(&format!("Clip skip: {skip}, "), "");
-        }
-        lastline = lastline.replace(
-            "Sampler: Undefined, ",
-            "Sampler: Euler, Schedule type: Simple, ",
-        );
-        lastline = lastline.replace("CFG scale: ", "CFG scale: 1, Distilled CFG Scale: ");
-    }
-    for captures in re_param().captures_iter(&lastline) {
-        let key = &captures[1];
-        let value = captures.get(2).map_or("", |m| m.as_str());
-        // `v[0]` of an empty value raises, and the key is skipped.
-        if value.is_empty() {
-            continue;
-        }
-        let value = if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
-            serde_json::from_str(value).unwrap_or_else(|_| json!(value))
-        } else {
-            json!(value)
-        };
-        match value.as_str().and_then(image_size) {
-            Some((width, height)) => {
-                res.insert(format!("{key}-1"), json!(width));
-                res.insert(format!("{key}-2"), json!(height));
-            }
-            None => {
-                res.insert(key.to_owned(), value);
-            }
-        }
-    }
+    let (prompt, negative, lastline) = split_infotext(text);
+    let mut res = read_parameters(&lastline);
     let strip = |text: &str| {
         if options.prompt_comments {
             strip_comments(text)
@@ -361,31 +317,7 @@ fn parse_generation_parameters(
             json!(format!("{prompt}<hypernet:{hypernet}:{strength}>")),
         );
     }
-    if !res.contains_key("Hires resize-1") {
-        res.insert("Hires resize-1".into(), json!(0));
-        res.insert("Hires resize-2".into(), json!(0));
-    }
-    default(&mut res, "Hires sampler", json!("Use same sampler"));
-    default(&mut res, "Hires schedule type", json!("Use same scheduler"));
-    default(&mut res, "Hires checkpoint", json!("Use same checkpoint"));
-    default(&mut res, "Hires prompt", json!(""));
-    default(&mut res, "Hires negative prompt", json!(""));
-    default(&mut res, "Mask mode", json!("Inpaint masked"));
-    default(&mut res, "Masked content", json!("original"));
-    default(&mut res, "Inpaint area", json!("Whole picture"));
-    default(&mut res, "Masked area padding", json!(32));
-    restore_old_hires_fix_params(&mut res)?;
-    default(&mut res, "RNG", json!("GPU"));
-    default(&mut res, "Schedule type", json!("Automatic"));
-    default(&mut res, "Schedule max sigma", json!(0));
-    default(&mut res, "Schedule min sigma", json!(0));
-    default(&mut res, "Schedule rho", json!(0));
-    default(&mut res, "VAE Encoder", json!("Full"));
-    default(&mut res, "VAE Decoder", json!("Full"));
-    default(&mut res, "FP8 weight", json!("Disable"));
-    if res.get("FP8 weight") != Some(&json!("Disable")) {
-        default(&mut res, "Cache FP16 weight for LoRA", json!(false));
-    }
+    fill_defaults(&mut res)?;
     if !res.contains_key("Emphasis") && (uses_emphasis(&prompt)? || uses_emphasis(&negative)?) {
         res.insert("Emphasis".into(), json!("Original"));
     }
@@ -398,20 +330,130 @@ fn parse_generation_parameters(
             res.shift_remove("Model");
         }
     }
+    read_modules(&mut res, options);
+    Ok(res)
+}
+
+/// The prompt, the negative prompt and the parameters line of an infotext.
+fn split_infotext(text: &str) -> (String, String, String) {
+    let mut lines: Vec<&str> = text.trim().split('\n').collect();
+    let mut last = lines.pop().unwrap_or_default();
+    if re_param().captures_iter(last).count() < 3 {
+        lines.push(last);
+        last = "";
+    }
+    let (mut prompt, mut negative) = (String::new(), String::new());
+    let mut done_with_prompt = false;
+    for line in lines.iter().map(|line| line.trim()) {
+        let line = match line.strip_prefix("Negative prompt:") {
+            Some(rest) => {
+                done_with_prompt = true;
+                rest.trim()
+            }
+            None => line,
+        };
+        let target = if done_with_prompt {
+            &mut negative
+        } else {
+            &mut prompt
+        };
+        if !target.is_empty() {
+            target.push('\n');
+        }
+        target.push_str(line);
+    }
+    (prompt, negative, last.to_owned())
+}
+
+/// The `key: value` pairs of the parameters line; `WxH` values split in two.
+fn read_parameters(lastline: &str) -> Map<String, Value> {
+    let mut lastline = lastline.to_owned();
+    if lastline.contains("Civitai") && lastline.contains("FLUX") {
+        for skip in 0..=8 {
+            lastline = lastline.replace(&format!("Clip skip: {skip}, "), "");
+        }
+        lastline = lastline.replace(
+            "Sampler: Undefined, ",
+            "Sampler: Euler, Schedule type: Simple, ",
+        );
+        lastline = lastline.replace("CFG scale: ", "CFG scale: 1, Distilled CFG Scale: ");
+    }
+    let mut res = Map::new();
+    for captures in re_param().captures_iter(&lastline) {
+        let key = &captures[1];
+        let value = captures.get(2).map_or("", |m| m.as_str());
+        // `v[0]` of an empty value raises, and the key is skipped.
+        if value.is_empty() {
+            continue;
+        }
+        let value = if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+            serde_json::from_str(value).unwrap_or_else(|_| json!(value))
+        } else {
+            json!(value)
+        };
+        match value.as_str().and_then(image_size) {
+            Some((width, height)) => {
+                res.insert(format!("{key}-1"), json!(width));
+                res.insert(format!("{key}-2"), json!(height));
+            }
+            None => {
+                res.insert(key.to_owned(), value);
+            }
+        }
+    }
+    res
+}
+
+/// The values an infotext that does not name them stands for.
+fn fill_defaults(res: &mut Map<String, Value>) -> Result<(), ApiError> {
+    if !res.contains_key("Hires resize-1") {
+        res.insert("Hires resize-1".into(), json!(0));
+        res.insert("Hires resize-2".into(), json!(0));
+    }
+    default(res, "Hires sampler", json!("Use same sampler"));
+    default(res, "Hires schedule type", json!("Use same scheduler"));
+    default(res, "Hires checkpoint", json!("Use same checkpoint"));
+    default(res, "Hires prompt", json!(""));
+    default(res, "Hires negative prompt", json!(""));
+    default(res, "Mask mode", json!("Inpaint masked"));
+    default(res, "Masked content", json!("original"));
+    default(res, "Inpaint area", json!("Whole picture"));
+    default(res, "Masked area padding", json!(32));
+    restore_old_hires_fix_params(res)?;
+    default(res, "RNG", json!("GPU"));
+    default(res, "Schedule type", json!("Automatic"));
+    default(res, "Schedule max sigma", json!(0));
+    default(res, "Schedule min sigma", json!(0));
+    default(res, "Schedule rho", json!(0));
+    default(res, "VAE Encoder", json!("Full"));
+    default(res, "VAE Decoder", json!("Full"));
+    default(res, "FP8 weight", json!("Disable"));
+    if res.get("FP8 weight") != Some(&json!("Disable")) {
+        default(res, "Cache FP16 weight for LoRA", json!(false));
+    }
+    Ok(())
+}
+
+/// `VAE`, `Module N` and `Hires Module 1` as the VAE/TE choices Forge's UI would select.
+fn read_modules(res: &mut Map<String, Value>, options: &InfotextOptions) {
+    let stem = |known: &str| -> String {
+        known
+            .rsplit_once('.')
+            .map_or(known, |(stem, _)| stem)
+            .to_owned()
+    };
     let mut modules = Vec::new();
     match res.shift_remove("VAE") {
         Some(vae) if !is_falsy(&vae) => modules.push(vae),
         _ => {
-            for (key, value) in &res {
+            for (key, value) in res.iter() {
                 if !key.starts_with("Module ") {
                     continue;
                 }
-                let known = options.known_modules.iter().find(|known| {
-                    let stem = known
-                        .rsplit_once('.')
-                        .map_or(known.as_str(), |(stem, _)| stem);
-                    value.as_str() == Some(stem)
-                });
+                let known = options
+                    .known_modules
+                    .iter()
+                    .find(|known| value.as_str() == Some(stem(known).as_str()));
                 modules.push(known.map_or_else(|| value.clone(), |known| json!(known)));
             }
         }
@@ -433,17 +475,14 @@ fn parse_generation_parameters(
         Some("Use same choices") | None => json!(["Use same choices"]),
         Some("Built-in") => json!([]),
         Some(name) => {
-            let known = options.known_modules.iter().find(|known| {
-                known
-                    .rsplit_once('.')
-                    .map_or(known.as_str(), |(stem, _)| stem)
-                    == name
-            });
+            let known = options
+                .known_modules
+                .iter()
+                .find(|known| stem(known) == name);
             json!(known.into_iter().collect::<Vec<_>>())
         }
     };
     res.insert("Hires VAE/TE".into(), hires_modules);
-    Ok(res)
 }
 
 fn default(res: &mut Map<String, Value>, key: &str, value: Value) {
@@ -533,29 +572,8 @@ fn uses_emphasis(text: &str) -> Result<bool, ApiError> {
                 square.push(res.len());
                 i += 1;
             }
-            ':' => {
-                // `:\s*([+-]?[.\d]+)\s*\)` closes a round bracket with a weight.
-                let mut j = i + 1;
-                while chars.get(j).is_some_and(|c| c.is_whitespace()) {
-                    j += 1;
-                }
-                let start = j;
-                if chars.get(j).is_some_and(|c| matches!(c, '+' | '-')) {
-                    j += 1;
-                }
-                let digits_from = j;
-                while chars
-                    .get(j)
-                    .is_some_and(|c| *c == '.' || c.is_ascii_digit())
-                {
-                    j += 1;
-                }
-                let number: String = chars[start..j].iter().collect();
-                let mut end = j;
-                while chars.get(end).is_some_and(|c| c.is_whitespace()) {
-                    end += 1;
-                }
-                if j > digits_from && chars.get(end) == Some(&')') {
+            ':' => match weight_closing(&chars, i) {
+                Some((number, end)) => {
                     if let Some(from) = round.pop() {
                         let weight: f64 = number.parse().map_err(|_| ApiError::Exception {
                             error: "ValueError",
@@ -566,11 +584,12 @@ fn uses_emphasis(text: &str) -> Result<bool, ApiError> {
                         res.push((1.0, false));
                     }
                     i = end + 1;
-                } else {
+                }
+                None => {
                     res.push((1.0, false));
                     i += 1;
                 }
-            }
+            },
             ')' => {
                 match round.pop() {
                     Some(from) => multiply(&mut res, from, 1.1),
@@ -609,6 +628,32 @@ fn uses_emphasis(text: &str) -> Result<bool, ApiError> {
     Ok(res
         .iter()
         .any(|(weight, is_break)| !is_break && *weight != 1.0))
+}
+
+/// `:\s*([+-]?[.\d]+)\s*\)` at `colon`, which closes a round bracket with a weight: the
+/// number as written and the index of the `)`.
+fn weight_closing(chars: &[char], colon: usize) -> Option<(String, usize)> {
+    let skip_ws = |mut j: usize| {
+        while chars.get(j).is_some_and(|c| c.is_whitespace()) {
+            j += 1;
+        }
+        j
+    };
+    let start = skip_ws(colon + 1);
+    let mut j = start;
+    if chars.get(j).is_some_and(|c| matches!(c, '+' | '-')) {
+        j += 1;
+    }
+    let digits_from = j;
+    while chars
+        .get(j)
+        .is_some_and(|c| *c == '.' || c.is_ascii_digit())
+    {
+        j += 1;
+    }
+    let end = skip_ws(j);
+    (j > digits_from && chars.get(end) == Some(&')'))
+        .then(|| (chars[start..j].iter().collect(), end))
 }
 
 /// The answer of `POST /sdapi/v1/extra-single-image` before its image: the
