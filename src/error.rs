@@ -3,8 +3,6 @@
 //! The body follows the shape of Forge's own 500 answers (`error`, `detail`, `body`,
 //! `message`) plus A1111's `errors`, so existing clients show the text to their users.
 
-use std::time::Duration;
-
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::StatusCode;
@@ -19,27 +17,9 @@ use crate::scheduler::Refused;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("backend {backend} is unreachable: {reason}")]
-    BackendUnreachable { backend: String, reason: String },
-
-    #[error("backend {backend} did not answer {method} {path} within {}", humantime::format_duration(*.after))]
-    BackendTimeout {
-        backend: String,
-        method: String,
-        path: String,
-        after: Duration,
-    },
-
-    #[error("backend {backend} failed while answering {method} {path}: {reason}")]
-    BackendFailed {
-        backend: String,
-        method: String,
-        path: String,
-        reason: String,
-    },
-
-    #[error("request body is larger than the limit of {limit} bytes (limits.max_request_body)")]
-    BodyTooLarge { limit: u64 },
+    /// A forwarded request the backend did not answer, or a body over the limit.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
 
     #[error("request body is larger than the limit of {limit} bytes for bodies the proxy inspects (limits.max_inspected_body)")]
     InspectedBodyTooLarge { limit: u64 },
@@ -73,39 +53,6 @@ pub enum ProxyError {
     },
 }
 
-impl From<ForwardError> for ProxyError {
-    fn from(error: ForwardError) -> Self {
-        match error {
-            ForwardError::Unreachable { backend, reason } => {
-                Self::BackendUnreachable { backend, reason }
-            }
-            ForwardError::Timeout {
-                backend,
-                method,
-                path,
-                after,
-            } => Self::BackendTimeout {
-                backend,
-                method,
-                path,
-                after,
-            },
-            ForwardError::Failed {
-                backend,
-                method,
-                path,
-                reason,
-            } => Self::BackendFailed {
-                backend,
-                method,
-                path,
-                reason,
-            },
-            ForwardError::BodyTooLarge { limit } => Self::BodyTooLarge { limit },
-        }
-    }
-}
-
 impl From<PlanError> for ProxyError {
     fn from(error: PlanError) -> Self {
         match error {
@@ -131,10 +78,10 @@ impl ProxyError {
             ForgeError::Call {
                 source: crate::forward::CallError::Unreachable(reason),
                 ..
-            } => Self::BackendUnreachable {
+            } => Self::Forward(ForwardError::Unreachable {
                 backend: backend.to_owned(),
                 reason,
-            },
+            }),
             ForgeError::Denied { answer, .. } => Self::BackendDenied {
                 backend: backend.to_owned(),
                 answer,
@@ -148,11 +95,12 @@ impl ProxyError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::BackendUnreachable { .. } | Self::BackendFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::BodyTooLarge { .. } | Self::InspectedBodyTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
+            Self::Forward(ForwardError::Unreachable { .. } | ForwardError::Failed { .. }) => {
+                StatusCode::BAD_GATEWAY
             }
+            Self::Forward(ForwardError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Forward(ForwardError::BodyTooLarge { .. })
+            | Self::InspectedBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
             Self::UnknownModelType(_) | Self::ClientMemoryOptions(_) | Self::ClientBody { .. } => {
                 StatusCode::BAD_REQUEST
@@ -166,10 +114,11 @@ impl ProxyError {
     /// The `error` field: a stable name clients can match on, like Forge's exception names.
     fn kind(&self) -> &'static str {
         match self {
-            Self::BackendUnreachable { .. } => "BackendUnreachable",
-            Self::BackendTimeout { .. } => "BackendTimeout",
-            Self::BackendFailed { .. } => "BackendFailed",
-            Self::BodyTooLarge { .. } | Self::InspectedBodyTooLarge { .. } => "PayloadTooLarge",
+            Self::Forward(ForwardError::Unreachable { .. }) => "BackendUnreachable",
+            Self::Forward(ForwardError::Timeout { .. }) => "BackendTimeout",
+            Self::Forward(ForwardError::Failed { .. }) => "BackendFailed",
+            Self::Forward(ForwardError::BodyTooLarge { .. })
+            | Self::InspectedBodyTooLarge { .. } => "PayloadTooLarge",
             Self::UnknownProxyRoute { .. } => "NotFound",
             Self::UnknownModelType(_) => "UnknownModelType",
             Self::ClientMemoryOptions(_) => "ClientMemoryOptions",
@@ -248,12 +197,12 @@ mod tests {
 
     #[tokio::test]
     async fn timeout_is_504_in_forge_error_shape() {
-        let (status, body) = body_of(ProxyError::BackendTimeout {
+        let (status, body) = body_of(ProxyError::Forward(ForwardError::Timeout {
             backend: "http://gpu:7860".into(),
             method: "GET".into(),
             path: "/sdapi/v1/progress".into(),
-            after: Duration::from_millis(1500),
-        })
+            after: std::time::Duration::from_millis(1500),
+        }))
         .await;
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         let text = "forge-vram-proxy: backend http://gpu:7860 did not answer GET /sdapi/v1/progress within 1s 500ms";
@@ -265,13 +214,17 @@ mod tests {
 
     #[tokio::test]
     async fn each_error_has_its_status() {
-        let unreachable = ProxyError::BackendUnreachable {
+        let unreachable = ProxyError::Forward(ForwardError::Unreachable {
             backend: "b".into(),
             reason: "connection refused".into(),
-        };
+        });
         assert_eq!(body_of(unreachable).await.0, StatusCode::BAD_GATEWAY);
         assert_eq!(
-            body_of(ProxyError::BodyTooLarge { limit: 10 }).await.0,
+            body_of(ProxyError::Forward(ForwardError::BodyTooLarge {
+                limit: 10
+            }))
+            .await
+            .0,
             StatusCode::PAYLOAD_TOO_LARGE
         );
         let unknown = ProxyError::UnknownProxyRoute {

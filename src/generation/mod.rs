@@ -31,6 +31,7 @@ use http::{HeaderValue, Request};
 use crate::backend::forge::ForgeError;
 use crate::decide::body::GenerationBody;
 use crate::error::{respond as answer, ProxyError};
+use crate::forward::ForwardError;
 use crate::proxy::observe::request_id;
 use crate::proxy::pass_through;
 use crate::proxy::request::{read_body, Head};
@@ -143,7 +144,7 @@ async fn run(
 /// sent, with its reason.
 pub fn unsent_backend_failure(error: &ProxyError) -> Option<String> {
     match error {
-        ProxyError::BackendUnreachable { reason, .. } => Some(reason.clone()),
+        ProxyError::Forward(ForwardError::Unreachable { reason, .. }) => Some(reason.clone()),
         ProxyError::OptionsFailed {
             source: ForgeError::Call { source, .. },
             ..

@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::config::BackendId;
 use crate::decide::plan::{self, Inputs, Outcome, Plan, Why, INFERENCE_MEMORY};
 use crate::error::ProxyError;
+use crate::forward::ForwardError;
 use crate::generation::{respond, unsent_backend_failure, Generation};
 use crate::proxy::request::set_length;
 use crate::scheduler::Grant;
@@ -166,7 +167,7 @@ impl Drop for Unsure<'_> {
 /// prepared on it (a forwarded request's failures are told where it is forwarded).
 pub fn observe_preparing(state: &AppState, backend: BackendId, error: &ProxyError) {
     match (error, unsent_backend_failure(error)) {
-        (ProxyError::BackendUnreachable { reason, .. }, _) => {
+        (ProxyError::Forward(ForwardError::Unreachable { reason, .. }), _) => {
             crate::backend::health::check::observe_unreachable(state, backend, reason)
         }
         (_, Some(reason)) => state

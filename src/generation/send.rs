@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::forge::Forge;
 use crate::config::OnClientDisconnect;
 use crate::error::ProxyError;
+use crate::forward::ForwardError;
 use crate::generation::prepare::Prepared;
 use crate::generation::respond::Told;
 use crate::generation::Generation;
@@ -53,25 +54,24 @@ pub async fn send(
     let (answer, answered) = oneshot::channel();
     let client = generation.client;
     state.work.spawn(held.run(client, request, answer));
-    let answered =
-        match state.config.timeouts.generation {
-            Some(after) => tokio::time::timeout(after, answered).await.map_err(|_| {
-                ProxyError::BackendTimeout {
-                    backend: state.backends[id].config.url.clone(),
-                    method: generation.head.method.to_string(),
-                    path: generation.head.uri.path().to_owned(),
-                    after,
-                }
-            })?,
-            None => answered.await,
-        };
+    let answered = match state.config.timeouts.generation {
+        Some(after) => tokio::time::timeout(after, answered).await.map_err(|_| {
+            ProxyError::Forward(ForwardError::Timeout {
+                backend: state.backends[id].config.url.clone(),
+                method: generation.head.method.to_string(),
+                path: generation.head.uri.path().to_owned(),
+                after,
+            })
+        })?,
+        None => answered.await,
+    };
     answered.unwrap_or_else(|_| {
-        Err(ProxyError::BackendFailed {
+        Err(ProxyError::Forward(ForwardError::Failed {
             backend: state.backends[id].config.url.clone(),
             method: generation.head.method.to_string(),
             path: generation.head.uri.path().to_owned(),
             reason: "the generation's task ended without an answer".to_owned(),
-        })
+        }))
     })
 }
 

@@ -12,7 +12,7 @@ use http::Request;
 use crate::backend::health::check as health;
 use crate::config::BackendId;
 use crate::error::{respond, ProxyError};
-use crate::forward::Route as Forwarding;
+use crate::forward::{ForwardError, Route as Forwarding};
 use crate::proxy::route;
 use crate::scheduler::Follow;
 use crate::state::AppState;
@@ -86,7 +86,7 @@ pub async fn forward_to(
         .map_err(ProxyError::from);
     match &result {
         Ok(response) => health::observe_status(state, backend, response.status()),
-        Err(ProxyError::BackendUnreachable { reason, .. }) => {
+        Err(ProxyError::Forward(ForwardError::Unreachable { reason, .. })) => {
             health::observe_unreachable(state, backend, reason)
         }
         Err(_) => {}
