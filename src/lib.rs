@@ -14,7 +14,8 @@
 //! - [`generation`] — a generation's named stages: inspect, resolve, queue, prepare, send,
 //!   respond.
 //! - [`client_options`] — a client's own `POST /sdapi/v1/options`.
-//! - [`decide`] — the pure decisions: what a body says, which profile, what memory, the plan.
+//! - [`decide`] — the pure decisions: what a body says, which profile, what memory, the plan,
+//!   and the memory keys the proxy owns.
 //! - [`scheduler`] — which backend runs a generation, and in which order.
 //! - [`backend`] — one Forge server: what the proxy knows of it, its calls, catalog, VRAM,
 //!   health.
