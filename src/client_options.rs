@@ -10,15 +10,14 @@
 //! another checkpoint carries the new profile's memory in the same call. A name Forge does
 //! not know goes to Forge as posted, which answers its 500, and the proxy adds nothing.
 
-use std::net::IpAddr;
-
 use axum::body::Body;
 use axum::response::Response;
 use forge_schema::body::{self as python, NonFinite, RawObject};
 use http::Request;
 use serde_json::{Map, Value};
 
-use crate::admin::decisions::Decision;
+use crate::access::Caller;
+use crate::admin::decisions::{Asked, Decision};
 use crate::backend::catalog::Catalog;
 use crate::backend::forge::{key, Forge};
 use crate::config::BackendId;
@@ -35,9 +34,9 @@ use crate::proxy::request::{read_body, set_length, Head};
 use crate::scheduler::{Follow, Grant};
 use crate::state::AppState;
 
-pub async fn handle(state: AppState, client: Option<IpAddr>, request: Request<Body>) -> Response {
+pub async fn handle(state: AppState, client: Caller, request: Request<Body>) -> Response {
     respond(
-        set_options(&state, client, request).await,
+        set_options(&state, &client, request).await,
         "options call refused",
     )
 }
@@ -63,7 +62,7 @@ fn read_changes(head: &Head, bytes: &[u8]) -> Option<Map<String, Value>> {
 
 async fn set_options(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: &Caller,
     request: Request<Body>,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
@@ -138,7 +137,7 @@ struct Change<'a> {
 /// One client's options call, sent to each backend in turn.
 struct Call<'a> {
     state: &'a AppState,
-    client: Option<IpAddr>,
+    client: &'a Caller,
     head: &'a Head,
     /// The client's body, sent as it is when the proxy changes nothing in it.
     original: &'a bytes::Bytes,
@@ -155,7 +154,7 @@ impl Call<'_> {
     ) -> Result<Response, ProxyError> {
         let state = self.state;
         let backend = &state.backends[id];
-        let reader = Forge::reading_for(&state.forwarder, &backend.config, &self.head.headers);
+        let reader = Forge::reading_for(&state.forwarder, &backend.config, self.client);
         let name = changes
             .get(key::CHECKPOINT)
             .and_then(Value::as_str)
@@ -184,7 +183,7 @@ impl Call<'_> {
         state
             .metrics
             .queue_wait(&backend.config.url, waited.as_secs_f64());
-        let forge = Forge::for_client(&state.forwarder, &backend.config, &self.head.headers);
+        let forge = Forge::for_client(&state.forwarder, &backend.config, self.client);
         let current = current_options(state, backend, &forge)
             .await
             .inspect_err(|error| observe_preparing(state, id, error))?;
@@ -268,13 +267,12 @@ impl Call<'_> {
         }
         let sent = change.changes.clone();
         let response = self.send(change.id, change.changes).await?;
-        let decision = Decision::of(
-            &plan,
-            "options",
-            request_id(&self.head.headers),
-            &backend.config.url,
-            reading,
-        );
+        let asked = Asked {
+            route: "options",
+            request_id: request_id(&self.head.headers),
+            key: self.client.key_name(),
+        };
+        let decision = Decision::of(&plan, asked, &backend.config.url, reading);
         if response.status().is_success() {
             backend.applied(&sent);
             let had = grant.planned(plan.profile);

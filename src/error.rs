@@ -8,6 +8,7 @@ use axum::Json;
 use http::StatusCode;
 use serde_json::json;
 
+use crate::access::Denied;
 use crate::backend::forge::ForgeError;
 use crate::decide::client_memory::Rejected;
 use crate::decide::plan::PlanError;
@@ -43,6 +44,10 @@ pub enum ProxyError {
 
     #[error("{0}")]
     Refused(Refused),
+
+    /// No key, an unknown key (401), or a role too low (403).
+    #[error("{0}")]
+    Denied(#[from] Denied),
 
     /// Forge refused the client's credentials to one of the calls the proxy made for it:
     /// the client gets Forge's own answer, as it would without the proxy.
@@ -106,7 +111,10 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             Self::OptionsFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::Refused(Refused::KeyQueueFull { .. }) => StatusCode::TOO_MANY_REQUESTS,
             Self::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Denied(Denied::Role { .. }) => StatusCode::FORBIDDEN,
+            Self::Denied(_) => StatusCode::UNAUTHORIZED,
             Self::BackendDenied { answer, .. } => answer.status,
         }
     }
@@ -126,6 +134,9 @@ impl ProxyError {
             Self::ClientBody { .. } => "BadRequestBody",
             Self::Refused(Refused::QueueFull { .. }) => "QueueFull",
             Self::Refused(Refused::NoBackend { .. }) => "NoHealthyBackend",
+            Self::Refused(Refused::KeyQueueFull { .. }) => "KeyQueueFull",
+            Self::Denied(Denied::Role { .. }) => "Forbidden",
+            Self::Denied(_) => "Unauthorized",
             Self::BackendDenied { .. } => "BackendDenied",
         }
     }
@@ -145,7 +156,9 @@ impl IntoResponse for ProxyError {
             "errors": message,
         });
         let retry_after = match &self {
-            Self::Refused(Refused::QueueFull { retry_after, .. }) => Some(retry_after.as_secs()),
+            Self::Refused(
+                Refused::QueueFull { retry_after, .. } | Refused::KeyQueueFull { retry_after, .. },
+            ) => Some(retry_after.as_secs()),
             // An unhealthy backend comes back after its next good health check.
             Self::Refused(Refused::NoBackend { .. }) => Some(5),
             _ => None,
@@ -156,6 +169,12 @@ impl IntoResponse for ProxyError {
             "x-forge-proxy-error",
             http::HeaderValue::from_static("true"),
         );
+        if matches!(self, Self::Denied(Denied::NoKey | Denied::UnknownKey)) {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(crate::access::CHALLENGE),
+            );
+        }
         if let Some(seconds) = retry_after {
             headers.insert(
                 http::header::RETRY_AFTER,

@@ -11,6 +11,7 @@
 //! - [`state`] — [`AppState`], shared by every handler.
 //! - [`proxy`] — the door: one route classification, observation (id, metrics, access log),
 //!   dispatch, and pass-through for everything the proxy does not manage.
+//! - [`access`] — who is calling: client keys, their roles, and what each route needs.
 //! - [`generation`] — a generation's named stages: inspect, resolve, queue, prepare, send,
 //!   respond.
 //! - [`client_options`] — a client's own `POST /sdapi/v1/options`.
@@ -24,6 +25,7 @@
 //!   and the record of decisions.
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod client_options;

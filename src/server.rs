@@ -38,6 +38,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = config.timeouts.shutdown_grace;
+    warn_if_open(&listener, &config);
     let state = AppState::build(config).await?;
     let background = CancellationToken::new();
     crate::backend::health::check::spawn_checks(&state, &background);
@@ -85,6 +86,20 @@ pub async fn run(
         None => drained.await,
     }
     Ok(())
+}
+
+/// Listening beyond loopback without client keys lets anyone who reaches the port change
+/// Forge's settings or stop it: said once, at start.
+fn warn_if_open(listener: &TcpListener, config: &Config) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    if config.access.keys.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %addr,
+            "listening beyond loopback without client keys: anyone who can reach this port can change Forge's settings, switch its checkpoint or stop it; add [[access.keys]] (docs/security.md)"
+        );
+    }
 }
 
 /// One client connection: HTTP/1.1 with upgrades (websockets), until the client closes it

@@ -25,6 +25,10 @@ pub mod path {
     pub const SKIP: &str = "/sdapi/v1/skip";
     pub const TXT2IMG: &str = "/sdapi/v1/txt2img";
     pub const IMG2IMG: &str = "/sdapi/v1/img2img";
+    pub const EXTRA_SINGLE_IMAGE: &str = "/sdapi/v1/extra-single-image";
+    pub const EXTRA_BATCH_IMAGES: &str = "/sdapi/v1/extra-batch-images";
+    pub const PNG_INFO: &str = "/sdapi/v1/png-info";
+    pub const INTERROGATE: &str = "/sdapi/v1/interrogate";
 }
 
 /// Forge's option keys that the proxy and the simulator name.

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::access::Caller;
 use crate::backend::vram::VramReading;
 use crate::decide::plan::{Outcome, Plan, Why};
 use crate::decide::policy::MemoryDecision;
@@ -21,6 +22,9 @@ pub struct Decision {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u128,
     pub request_id: String,
+    /// The client key's name, when keys are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub route: String,
     pub backend: String,
     pub profile: String,
@@ -40,22 +44,25 @@ pub struct Decision {
     pub error: Option<String>,
 }
 
+/// Which request a decision was for.
+pub struct Asked<'a> {
+    /// The metrics' route label: `txt2img`, `options`, ...
+    pub route: &'a str,
+    pub request_id: &'a str,
+    pub key: Option<&'a str>,
+}
+
 impl Decision {
-    /// The decision `plan` describes, taken now for `request_id` on `backend`.
-    pub fn of(
-        plan: &Plan,
-        route: &str,
-        request_id: &str,
-        backend: &str,
-        reading: Option<VramReading>,
-    ) -> Self {
+    /// The decision `plan` describes, taken now for the request `asked` on `backend`.
+    pub fn of(plan: &Plan, asked: Asked<'_>, backend: &str, reading: Option<VramReading>) -> Self {
         Self {
             at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis())
                 .unwrap_or_default(),
-            request_id: request_id.to_owned(),
-            route: route.to_owned(),
+            request_id: asked.request_id.to_owned(),
+            key: asked.key.map(str::to_owned),
+            route: asked.route.to_owned(),
             backend: backend.to_owned(),
             profile: plan.profile_name.clone(),
             why_profile: plan.why_profile.clone(),
@@ -92,9 +99,13 @@ impl Decisions {
         recent.push_back(decision);
     }
 
-    /// Oldest first.
-    pub fn recent(&self) -> Vec<Decision> {
+    /// Oldest first: every decision for an admin (or without keys), else the caller's own.
+    pub fn recent(&self, caller: &Caller) -> Vec<Decision> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.iter().cloned().collect()
+        recent
+            .iter()
+            .filter(|d| caller.is_admin() || d.key.as_deref() == caller.key_name())
+            .cloned()
+            .collect()
     }
 }

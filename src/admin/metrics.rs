@@ -52,6 +52,13 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyRequestLabels {
+    key: String,
+    route: Cow<'static, str>,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GenerationLabels {
     backend: String,
     profile: String,
@@ -93,6 +100,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    key_requests: Family<KeyRequestLabels, Counter>,
     generation_duration: HistogramFamily<GenerationLabels>,
     options_calls: Family<OptionsCallLabels, Counter>,
     vram_total: Family<GpuLabels, MibGauge>,
@@ -128,6 +136,7 @@ impl Metrics {
         let mut r = Registry::with_prefix(PREFIX);
         let inner = Inner {
             requests: registered(&mut r, "requests", "Finished requests by route and response status", Family::default()),
+            key_requests: registered(&mut r, "client_requests", "Finished requests by client key (access.keys), route and response status", Family::default()),
             generation_duration: registered(&mut r, "generation_duration_seconds", "Time from a generation getting its backend to its response headers", histogram_family()),
             options_calls: registered(&mut r, "options_calls", "Options decisions before a generation or a checkpoint change, by outcome and reason", Family::default()),
             vram_total: registered(&mut r, "vram_total_mib", "Total memory of a GPU in MiB at its latest reading", Family::default()),
@@ -199,13 +208,22 @@ impl Metrics {
         self.inner.clients_gone.inc();
     }
 
-    pub fn request(&self, route: impl Into<Cow<'static, str>>, status: u16) {
+    /// A finished request; with keys configured, also counted under the key's name.
+    pub fn request(&self, route: impl Into<Cow<'static, str>>, key: Option<String>, status: u16) {
+        let route = route.into();
+        if let Some(key) = key {
+            self.inner
+                .key_requests
+                .get_or_create(&KeyRequestLabels {
+                    key,
+                    route: route.clone(),
+                    status,
+                })
+                .inc();
+        }
         self.inner
             .requests
-            .get_or_create(&RequestLabels {
-                route: route.into(),
-                status,
-            })
+            .get_or_create(&RequestLabels { route, status })
             .inc();
     }
 
@@ -349,10 +367,10 @@ mod tests {
     #[test]
     fn requests_are_counted_per_route_and_status() {
         let metrics = Metrics::new();
-        metrics.request("txt2img", 200);
-        metrics.request("txt2img", 200);
-        metrics.request("txt2img", 502);
-        metrics.request("pass_through", 200);
+        metrics.request("txt2img", None, 200);
+        metrics.request("txt2img", None, 200);
+        metrics.request("txt2img", None, 502);
+        metrics.request("pass_through", None, 200);
 
         let scrape = scrape(&metrics);
         let name = "forge_proxy_requests_total";
@@ -509,8 +527,8 @@ mod tests {
     fn clones_record_into_the_same_metrics() {
         let metrics = Metrics::default();
         let clone = metrics.clone();
-        clone.request("proxy", 200);
-        metrics.request("proxy", 200);
+        clone.request("proxy", None, 200);
+        metrics.request("proxy", None, 200);
 
         let scrape = scrape(&metrics);
         assert_eq!(
@@ -526,7 +544,7 @@ mod tests {
     #[test]
     fn rendered_text_is_prometheus_0_0_4_without_openmetrics_extras() {
         let metrics = Metrics::new();
-        metrics.request("txt2img", 200);
+        metrics.request("txt2img", None, 200);
         metrics.generation_seconds("forge", "sdxl", 1.0);
         let text = metrics.render();
 
@@ -547,7 +565,7 @@ mod tests {
     #[test]
     fn every_metric_is_described_under_its_prefixed_name() {
         let metrics = Metrics::new();
-        metrics.request("txt2img", 200);
+        metrics.request("txt2img", None, 200);
         metrics.generation_seconds("forge", "sdxl", 1.0);
         metrics.options_call("forge", Outcome::Applied, Why::Changed);
         metrics.vram("0", ReadingSource::Nvml, 1, 1);

@@ -4,11 +4,12 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use forge_schema::model::GenerationRoute;
 use http::Request;
 use serde_json::{json, Value};
 
+use crate::access::Caller;
 use crate::backend::forge::{key, Forge};
 use crate::config::BackendId;
 use crate::decide::body::GenerationBody;
@@ -24,6 +25,7 @@ use crate::state::AppState;
 pub async fn plan(
     State(state): State<AppState>,
     Path(route): Path<String>,
+    Extension(client): Extension<Caller>,
     request: Request<Body>,
 ) -> Result<Json<Value>, ProxyError> {
     let (parts, body) = request.into_parts();
@@ -62,9 +64,9 @@ pub async fn plan(
         .find(|id| state.scheduler.is_healthy(*id))
         .unwrap_or(BackendId(0));
     let backend = &state.backends[id];
-    let forge = Forge::for_client(&state.forwarder, &backend.config, &parts.headers);
+    let forge = Forge::for_client(&state.forwarder, &backend.config, &client);
     let current = current_options(&state, backend, &forge).await?;
-    let reader = Forge::reading_for(&state.forwarder, &backend.config, &parts.headers);
+    let reader = Forge::reading_for(&state.forwarder, &backend.config, &client);
     let overrides = body.override_settings();
     let catalog = backend
         .catalog_knowing(&reader, &checkpoint_names(&overrides, &current))

@@ -3,16 +3,20 @@
 //! the last decisions.
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 
+use crate::access::Caller;
 use crate::backend::forge::key;
 use crate::decide::plan::INFERENCE_MEMORY;
 use crate::state::AppState;
 
 /// Each backend: where its readings come from, what it has loaded, what is waiting; and
 /// the last decisions.
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(client): Extension<Caller>,
+) -> Json<Value> {
     let scheduler = state.scheduler.snapshot();
     let backends: Vec<Value> = state
         .backends
@@ -61,6 +65,6 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             "retries": scheduler.retries,
             "max_bypassed": scheduler.max_bypassed,
         },
-        "decisions": state.decisions.recent(),
+        "decisions": state.decisions.recent(&client),
     }))
 }

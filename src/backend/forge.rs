@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use serde_json::{Map, Value};
 
+use crate::access::Caller;
 use crate::config::BackendConfig;
 use crate::forward::{CallAnswer, CallError, Forwarder};
 
@@ -68,16 +69,16 @@ pub struct Forge<'a> {
 }
 
 impl<'a> Forge<'a> {
-    /// Calls made for a client whose request carried `client_headers`: its credentials only.
+    /// Calls made for a client: the credentials it may use ([`Caller::authorization_for`]).
     pub fn for_client(
         forwarder: &'a Forwarder,
         backend: &'a BackendConfig,
-        client_headers: &http::HeaderMap,
+        client: &Caller,
     ) -> Self {
         Self {
             forwarder,
             backend,
-            authorization: client_headers.get(http::header::AUTHORIZATION).cloned(),
+            authorization: client.authorization_for(backend).cloned(),
         }
     }
 
@@ -95,12 +96,12 @@ impl<'a> Forge<'a> {
     pub fn reading_for(
         forwarder: &'a Forwarder,
         backend: &'a BackendConfig,
-        client_headers: &http::HeaderMap,
+        client: &Caller,
     ) -> Self {
         let authorization = backend
             .authorization
             .clone()
-            .or_else(|| client_headers.get(http::header::AUTHORIZATION).cloned());
+            .or_else(|| client.authorization_for(backend).cloned());
         Self {
             forwarder,
             backend,

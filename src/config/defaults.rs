@@ -93,6 +93,7 @@ impl Default for RawConfig {
             memory: RawMemory::default(),
             scheduler: RawScheduler::default(),
             health: RawHealth::default(),
+            access: RawAccess::default(),
             profiles: Vec::new(),
         }
     }

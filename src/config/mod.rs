@@ -47,12 +47,43 @@ pub struct Config {
     pub memory: Memory,
     pub scheduler: Scheduler,
     pub health: Health,
+    /// Client keys and trusted proxies.
+    pub access: Access,
     /// Embedded and configured profiles, in matching order.
     pub profiles: Vec<Profile>,
     /// Index of `memory.default_profile` in `profiles`.
     pub default_profile: ProfileId,
     /// What it was built from, for `check-config` and the status page.
     pub raw: RawConfig,
+}
+
+/// Who may call the proxy.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Empty: no keys, every client may do everything.
+    pub keys: Vec<std::sync::Arc<ClientKey>>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A validated client key: its name, role and limit, and the SHA-256 of the key (the key
+/// itself is not kept).
+#[derive(Clone)]
+pub struct ClientKey {
+    pub name: String,
+    pub digest: [u8; 32],
+    pub role: Role,
+    pub max_queued: Option<usize>,
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKey")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("max_queued", &self.max_queued)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -308,9 +339,16 @@ fn one_of(choices: &[&str]) -> String {
 
 impl Config {
     /// The effective configuration as TOML, for `check-config`.
-    /// Backend passwords are shown as `user:***`.
+    /// Backend passwords are shown as `user:***`, client keys as `***`.
     pub fn to_toml(&self) -> String {
         let mut raw = self.raw.clone();
+        for key in &mut raw.access.keys {
+            for secret in [&mut key.key, &mut key.key_sha256] {
+                if secret.is_some() {
+                    *secret = Some("***".to_owned());
+                }
+            }
+        }
         for backend in &mut raw.backends {
             if let Some(auth) = backend.auth.as_mut() {
                 let user = auth.split(':').next().unwrap_or_default().to_owned();

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub memory: RawMemory,
     pub scheduler: RawScheduler,
     pub health: RawHealth,
+    /// Who may call the proxy: client keys with roles.
+    pub access: RawAccess,
     /// Profiles added to, or replacing by name, the embedded `flux`, `sdxl` and `sd15`.
     pub profiles: Vec<RawProfile>,
 }
@@ -94,6 +96,60 @@ pub struct RawMemory {
     pub client_memory_options: ClientMemoryOptions,
     /// Profile for requests nothing else identifies.
     pub default_profile: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccess {
+    /// Client keys; none: every client may do everything, as with Forge itself.
+    pub keys: Vec<RawKey>,
+    /// Addresses or CIDR ranges of proxies in front of this one: only from these is
+    /// `X-Forwarded-For` believed when the proxy names a client.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// One client key as written: the key itself, its SHA-256, the environment variable or
+/// the file that holds it (exactly one of them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Shown in logs, metrics and `/proxy/status`; never the key.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    pub role: Role,
+    /// This key's generations waiting at once; beyond: 429 with Retry-After.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<usize>,
+}
+
+/// What a client key may do; each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// `GET`/`HEAD` of `/sdapi/*`, `/proxy/status`, `/proxy/metrics`.
+    Read,
+    /// Read, plus generations, the image tools, the dry-run plan, and `interrupt`/`skip` of
+    /// its own generations.
+    Generate,
+    /// Everything: Forge's options, server control, model management, the web UI.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Generate => "generate",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// A profile as written. Policy keys: `inference_memory_mib` (fixed), `gpu_weights_mib`,

@@ -11,7 +11,8 @@ use http::Uri;
 use crate::config::defaults::*;
 use crate::config::raw::*;
 use crate::config::{
-    BackendConfig, Config, ConfigError, Health, Memory, Profile, ProfileId, Scheduler, Timeouts,
+    Access, BackendConfig, ClientKey, Config, ConfigError, Health, Memory, Profile, ProfileId,
+    Scheduler, Timeouts,
 };
 use crate::decide::policy::MemoryPolicy;
 use crate::decide::profile::Pattern;
@@ -61,6 +62,7 @@ impl TryFrom<RawConfig> for Config {
             memory: memory(&raw.memory),
             scheduler: scheduler(&raw.scheduler)?,
             health: health(&raw.health)?,
+            access: access(&raw.access)?,
             profiles,
             default_profile,
             raw,
@@ -178,6 +180,136 @@ fn health(raw: &RawHealth) -> Result<Health, ConfigError> {
         unhealthy_after: raw.unhealthy_after.max(1),
         healthy_after: raw.healthy_after.max(1),
     })
+}
+
+/// `access.keys` (each key read from where it is kept, and only its SHA-256 kept) and
+/// `access.trusted_proxies`.
+fn access(raw: &RawAccess) -> Result<Access, ConfigError> {
+    let mut keys: Vec<std::sync::Arc<ClientKey>> = Vec::with_capacity(raw.keys.len());
+    for (i, key) in raw.keys.iter().enumerate() {
+        let parsed = client_key(i, key)?;
+        if keys.iter().any(|k| k.name == parsed.name) {
+            return Err(invalid(
+                format!("access.keys[{i}].name"),
+                &key.name,
+                "a name no other key has",
+            ));
+        }
+        if let Some(other) = keys.iter().find(|k| k.digest == parsed.digest) {
+            return Err(invalid(
+                format!("access.keys[{i}]"),
+                "(hidden)",
+                &format!("a key other than key {:?}'s", other.name),
+            ));
+        }
+        keys.push(std::sync::Arc::new(parsed));
+    }
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        format!("access.trusted_proxies[{i}]"),
+                        text,
+                        "an address or CIDR range like 10.0.0.0/8",
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Access {
+        keys,
+        trusted_proxies,
+    })
+}
+
+fn client_key(i: usize, raw: &RawKey) -> Result<ClientKey, ConfigError> {
+    use sha2::{Digest, Sha256};
+    let key = |field: &str| format!("access.keys[{i}].{field}");
+    let name = raw.name.trim();
+    if name.is_empty() || name.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            key("name"),
+            &raw.name,
+            "a name to show in logs and metrics",
+        ));
+    }
+    let given = [
+        raw.key.is_some(),
+        raw.key_sha256.is_some(),
+        raw.key_env.is_some(),
+        raw.key_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(invalid(
+            format!("access.keys[{i}]"),
+            name,
+            "exactly one of key, key_sha256, key_env, key_file",
+        ));
+    }
+    let secret = |text: String, field: &str| -> Result<[u8; 32], ConfigError> {
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return Err(invalid(
+                key(field),
+                "(empty)",
+                "a key of at least one character",
+            ));
+        }
+        Ok(Sha256::digest(text.as_bytes()).into())
+    };
+    let digest = match (&raw.key, &raw.key_sha256, &raw.key_env, &raw.key_file) {
+        (Some(text), ..) => secret(text.clone(), "key")?,
+        (_, Some(hex), ..) => parse_sha256(hex).ok_or_else(|| {
+            invalid(
+                key("key_sha256"),
+                "(hidden)",
+                "64 hexadecimal digits: the SHA-256 of the key",
+            )
+        })?,
+        (_, _, Some(var), _) => match std::env::var(var) {
+            Ok(text) => secret(text, "key_env")?,
+            Err(_) => {
+                return Err(invalid(
+                    key("key_env"),
+                    var,
+                    "an environment variable that is set",
+                ))
+            }
+        },
+        (_, _, _, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => secret(text, "key_file")?,
+            Err(e) => {
+                return Err(invalid(
+                    key("key_file"),
+                    path,
+                    &format!("a readable file ({e})"),
+                ))
+            }
+        },
+        _ => unreachable!("exactly one source was checked above"),
+    };
+    Ok(ClientKey {
+        name: name.to_owned(),
+        digest,
+        role: raw.role,
+        max_queued: raw.max_queued,
+    })
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// User profiles first (so they win over the catch-all `sd15`), then the embedded ones;

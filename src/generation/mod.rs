@@ -21,13 +21,12 @@ pub mod resolve;
 pub mod respond;
 pub mod send;
 
-use std::net::IpAddr;
-
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, Request};
 
+use crate::access::Caller;
 use crate::backend::forge::ForgeError;
 use crate::decide::body::GenerationBody;
 use crate::error::{respond as answer, ProxyError};
@@ -46,7 +45,7 @@ pub use respond::{
 /// One generation request, carried through the stages.
 pub struct Generation<'a> {
     pub state: &'a AppState,
-    pub client: Option<IpAddr>,
+    pub client: Caller,
     pub route: route::Generation,
     /// The request's head, without `X-Forge-Model-Type`.
     pub head: Head,
@@ -62,7 +61,7 @@ pub struct Generation<'a> {
 /// taken off the request.
 pub async fn handle(
     state: AppState,
-    client: Option<IpAddr>,
+    client: Caller,
     route: route::Generation,
     model_type: Option<HeaderValue>,
     request: Request<Body>,
@@ -75,7 +74,7 @@ pub async fn handle(
 
 async fn run(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: Caller,
     route: route::Generation,
     model_type: Option<HeaderValue>,
     request: Request<Body>,
@@ -87,7 +86,7 @@ async fn run(
         inspect::Inspected::Managed(body) => body,
         inspect::Inspected::LeftToForge => {
             let request = head.request(head.headers.clone(), Body::from(bytes.clone()));
-            return Ok(pass_through::forward_untouched_generation(state, client, request).await);
+            return Ok(pass_through::forward_untouched_generation(state, &client, request).await);
         }
     };
     let generation = Generation {
@@ -106,7 +105,7 @@ async fn run(
     loop {
         let ticket = state
             .scheduler
-            .enqueue(wanted, client, &exclude)
+            .enqueue(wanted, &generation.client, &exclude)
             .map_err(ProxyError::Refused)?;
         let (mut grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
         let backend = grant.backend();

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::admin::decisions::Decision;
+use crate::admin::decisions::{Asked, Decision};
 use crate::backend::forge::{key, Forge};
 use crate::backend::health::HealthEvent;
 use crate::backend::vram::VramReading;
@@ -44,7 +44,7 @@ pub async fn prepare(
     let state = generation.state;
     let id = grant.backend();
     let backend = &state.backends[id];
-    let forge = Forge::for_client(&state.forwarder, &backend.config, &generation.head.headers);
+    let forge = Forge::for_client(&state.forwarder, &backend.config, &generation.client);
     // Dropped before the end (the client left mid-call): the options may have changed.
     let mut unsure = Unsure {
         backend,
@@ -55,7 +55,7 @@ pub async fn prepare(
         .await
         .inspect_err(|error| observe_preparing(state, id, error))?;
     let overrides = generation.body.override_settings();
-    let reader = Forge::reading_for(&state.forwarder, &backend.config, &generation.head.headers);
+    let reader = Forge::reading_for(&state.forwarder, &backend.config, &generation.client);
     let catalog = backend
         .catalog_knowing(&reader, &checkpoint_names(&overrides, &current))
         .await;
@@ -72,13 +72,12 @@ pub async fn prepare(
     )?;
     let route = crate::proxy::route::Route::Generation(generation.route)
         .label(&state.config.generation_routes);
-    let decision = Decision::of(
-        &plan,
-        &route,
-        &generation.request_id,
-        &backend.config.url,
-        reading.clone(),
-    );
+    let asked = Asked {
+        route: &route,
+        request_id: &generation.request_id,
+        key: generation.client.key_name(),
+    };
+    let decision = Decision::of(&plan, asked, &backend.config.url, reading.clone());
     apply(state, id, &forge, &plan, decision).await?;
     let had = grant.planned(plan.profile);
     respond::note_profile(state, backend, &plan, had);

@@ -55,7 +55,7 @@ async fn resolve_anywhere(generation: &Generation<'_>, name: &str) -> Named {
     let mut read_one = false;
     for id in healthy() {
         let backend = &state.backends[id];
-        let forge = Forge::reading_for(&state.forwarder, &backend.config, &generation.head.headers);
+        let forge = Forge::reading_for(&state.forwarder, &backend.config, &generation.client);
         let Some(catalog) = backend.catalog_knowing(&forge, &[name]).await else {
             continue;
         };

@@ -20,6 +20,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::Caller;
 use crate::backend::forge::Forge;
 use crate::config::OnClientDisconnect;
 use crate::error::ProxyError;
@@ -47,13 +48,12 @@ pub async fn send(
     let held = Held {
         told: Told::of(&prepared.plan, prepared.reading.as_ref()),
         leaves_changes: prepared.leaves_changes,
-        client_headers: generation.head.headers.clone(),
+        client: generation.client.clone(),
         state: state.clone(),
         grant,
     };
     let (answer, answered) = oneshot::channel();
-    let client = generation.client;
-    state.work.spawn(held.run(client, request, answer));
+    state.work.spawn(held.run(request, answer));
     let answered = match state.config.timeouts.generation {
         Some(after) => tokio::time::timeout(after, answered).await.map_err(|_| {
             ProxyError::Forward(ForwardError::Timeout {
@@ -81,22 +81,17 @@ struct Held {
     grant: Grant,
     told: Told,
     leaves_changes: bool,
-    /// The client's headers, for the credentials of an interrupt.
-    client_headers: http::HeaderMap,
+    /// Who sent it: where progress polls go, the credentials of an interrupt.
+    client: Caller,
 }
 
 type Answer = oneshot::Sender<Result<Response, ProxyError>>;
 
 impl Held {
-    async fn run(
-        self,
-        client: Option<std::net::IpAddr>,
-        request: http::Request<Body>,
-        mut answer: Answer,
-    ) {
+    async fn run(self, request: http::Request<Body>, mut answer: Answer) {
         let id = self.grant.backend();
         let started = Instant::now();
-        let forwarded = pass_through::forward_to(&self.state, id, client, request, None);
+        let forwarded = pass_through::forward_to(&self.state, id, &self.client, request, None);
         tokio::pin!(forwarded);
         let mut gone = false;
         let result = tokio::select! {
@@ -150,8 +145,7 @@ impl Held {
         let interrupt = self.state.config.on_client_disconnect == OnClientDisconnect::Interrupt;
         tracing::info!(backend = %backend.config.url, interrupt, "the client left its generation: the backend stays held until Forge has finished it");
         if interrupt {
-            let forge =
-                Forge::reading_for(&self.state.forwarder, &backend.config, &self.client_headers);
+            let forge = Forge::reading_for(&self.state.forwarder, &backend.config, &self.client);
             if let Err(error) = forge.interrupt().await {
                 tracing::warn!(backend = %backend.config.url, error = %error, "could not interrupt the abandoned generation");
             }

@@ -5,15 +5,17 @@
 use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::Request;
 use tower::ServiceExt;
 
+use crate::access::{self, Caller};
+use crate::error::ProxyError;
 use crate::generation::MODEL_TYPE_HEADER;
 use crate::proxy::observe::observe;
 use crate::proxy::pass_through;
-use crate::proxy::route::Route;
+use crate::proxy::route::{self, Route};
 use crate::scheduler::Follow;
 use crate::state::AppState;
 use crate::{admin, client_options, generation};
@@ -35,30 +37,45 @@ pub fn app(state: AppState) -> Proxy {
 }
 
 impl Proxy {
-    /// Answers one request from `client` (its address, when known: progress calls follow
-    /// the client's running generation).
+    /// Answers one request from the peer at `peer` (its address, when known: progress calls
+    /// follow the client's running generation).
     ///
     /// Proxied requests are dispatched here rather than through axum's router and
     /// middleware: on a small pass-through request those layers (boxed futures, cloned
     /// services, request extensions) cost about a tenth of the proxy's CPU time (measured
     /// with `bench/run --only small`).
-    pub async fn handle(&self, client: Option<IpAddr>, request: Request<Body>) -> Response {
-        let routes = &self.state.config.generation_routes;
-        let route = Route::classify(request.method(), request.uri().path(), routes);
-        observe(&self.state, route.label(routes), request, |request| {
-            self.dispatch(route, client, request)
+    pub async fn handle(&self, peer: Option<IpAddr>, request: Request<Body>) -> Response {
+        let config = &self.state.config;
+        let routes = &config.generation_routes;
+        let decoded = route::decode(request.uri().path());
+        let route = Route::classify_decoded(request.method(), &decoded, routes);
+        let need = access::need(route, request.method(), &decoded, routes);
+        drop(decoded);
+        let admitted = access::admit(
+            &config.access,
+            need,
+            peer,
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+        );
+        let key = admitted.as_ref().ok().and_then(Caller::key_name).map(str::to_owned);
+        observe(&self.state, route.label(routes), key, request, |request| async move {
+            match admitted {
+                Ok(caller) => self.dispatch(route, caller, request).await,
+                Err(denied) => ProxyError::Denied(denied).into_response(),
+            }
         })
         .await
     }
 
-    async fn dispatch(
-        &self,
-        route: Route,
-        client: Option<IpAddr>,
-        mut request: Request<Body>,
-    ) -> Response {
+    async fn dispatch(&self, route: Route, client: Caller, mut request: Request<Body>) -> Response {
         let state = &self.state;
+        if client.key.is_some() {
+            access::remove_credentials(request.headers_mut());
+        }
         if route == Route::Own {
+            request.extensions_mut().insert(client);
             return match self.own_routes.clone().oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
@@ -71,13 +88,14 @@ impl Proxy {
             }
             Route::Options => client_options::handle(state.clone(), client, request).await,
             Route::RefreshCheckpoints => {
-                pass_through::refresh_checkpoints(state, client, request).await
+                pass_through::refresh_checkpoints(state, &client, request).await
             }
-            Route::FollowsGeneration => {
-                pass_through::forward(state, client, request, Follow::ClientsGeneration).await
+            Route::Progress => {
+                pass_through::forward(state, &client, request, Follow::ClientsGeneration).await
             }
+            Route::Stop(stop) => pass_through::stop(state, &client, request, stop).await,
             Route::Own | Route::PassThrough => {
-                pass_through::forward(state, client, request, Follow::Any).await
+                pass_through::forward(state, &client, request, Follow::Any).await
             }
         }
     }

@@ -55,6 +55,7 @@ pub fn init_tracing(format: LogFormat, level: &str) {
 pub async fn observe<Next, Handled>(
     state: &AppState,
     route: Cow<'static, str>,
+    key: Option<String>,
     mut request: Request,
     next: Next,
 ) -> Response
@@ -79,9 +80,10 @@ where
         status: StatusCode::OK,
         bytes: 0,
         complete: false,
+        key: key.clone(),
     });
     let mut response = next(request).await;
-    state.metrics.request(route, response.status().as_u16());
+    state.metrics.request(route, key, response.status().as_u16());
     if !response.headers().contains_key(REQUEST_ID_HEADER) {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }
@@ -113,6 +115,8 @@ struct AccessEntry {
     bytes: u64,
     /// False when the client went away before the whole body was sent.
     complete: bool,
+    /// The client key's name, when keys are configured.
+    key: Option<String>,
 }
 
 impl Drop for AccessEntry {
@@ -126,6 +130,7 @@ impl Drop for AccessEntry {
             bytes = self.bytes,
             complete = self.complete,
             request_id = self.request_id.to_str().unwrap_or("-"),
+            key = self.key.as_deref().unwrap_or("-"),
             "request"
         );
     }

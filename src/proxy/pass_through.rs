@@ -2,13 +2,13 @@
 //! the route's timeout; and the one forwarding step every request shares, which tells
 //! health what it saw.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
 use http::Request;
 
+use crate::access::Caller;
 use crate::backend::health::check as health;
 use crate::config::BackendId;
 use crate::error::{respond, ProxyError};
@@ -21,7 +21,7 @@ use crate::state::AppState;
 /// errors become responses.
 pub async fn forward(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: &Caller,
     request: Request<Body>,
     follow: Follow,
 ) -> Response {
@@ -35,11 +35,39 @@ pub async fn forward(
     )
 }
 
+/// `interrupt` / `skip`: to the backend running the client's generation. A key that is not
+/// an admin's acts on its own generations only: when none runs, the proxy answers as Forge
+/// answers when nothing runs, and another key's generation is left alone.
+pub async fn stop(
+    state: &AppState,
+    client: &Caller,
+    request: Request<Body>,
+    stop: route::Stop,
+) -> Response {
+    if client.is_admin() {
+        return forward(state, client, request, Follow::ClientsGeneration).await;
+    }
+    let Some(backend) = state.scheduler.running_for_key(client) else {
+        tracing::info!(key = client.key_name().unwrap_or("-"), ?stop, "none of the key's generations runs: nothing to stop");
+        let mut response = Response::new(Body::from(stop.idle_answer()));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return response;
+    };
+    let timeout = state.config.pass_through_timeout(request.uri().path());
+    respond(
+        forward_to(state, backend, client, request, timeout).await,
+        "answered with the proxy's own error",
+    )
+}
+
 /// `POST /sdapi/v1/refresh-checkpoints`: forwarded, and once Forge has re-read its models
 /// folder, the backend's catalog is read again before its next use.
 pub async fn refresh_checkpoints(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: &Caller,
     request: Request<Body>,
 ) -> Response {
     let index = state.scheduler.pass_through_backend(Follow::Any, client);
@@ -54,7 +82,7 @@ pub async fn refresh_checkpoints(
 /// A generation the proxy leaves to Forge (one Forge refuses), with the generation timeout.
 pub async fn forward_untouched_generation(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: &Caller,
     request: Request<Body>,
 ) -> Response {
     let index = state.scheduler.pass_through_backend(Follow::Any, client);
@@ -70,14 +98,23 @@ pub async fn forward_untouched_generation(
 pub async fn forward_to(
     state: &AppState,
     backend: BackendId,
-    client: Option<IpAddr>,
-    request: Request<Body>,
+    client: &Caller,
+    mut request: Request<Body>,
     timeout: Option<Duration>,
 ) -> Result<Response, ProxyError> {
+    let config = &state.backends[backend].config;
+    if client.key.is_some() {
+        // The client's key stopped at the door; Forge gets the backend's own credentials.
+        if let Some(authorization) = &config.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.clone());
+        }
+    }
     let forwarding = Forwarding {
-        backend: &state.backends[backend].config,
+        backend: config,
         timeout,
-        client_ip: client,
+        client_ip: client.addr,
     };
     let result = state
         .forwarder

@@ -23,13 +23,32 @@ pub enum Route {
     Generation(Generation),
     /// `POST /sdapi/v1/options`: a client's own options call.
     Options,
-    /// `/sdapi/v1/progress`, `/interrupt`, `/skip`: they follow the client's generation.
-    FollowsGeneration,
+    /// `/sdapi/v1/progress`: follows the client's generation.
+    Progress,
+    /// `/sdapi/v1/interrupt`, `/sdapi/v1/skip`: they act on the client's generation.
+    Stop(Stop),
     /// `POST /sdapi/v1/refresh-checkpoints`: Forge re-reads its models folder, so the
     /// backend's checkpoint catalog is read again after it.
     RefreshCheckpoints,
     /// Anything else.
     PassThrough,
+}
+
+/// What a client asks of its running generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Interrupt,
+    Skip,
+}
+
+impl Stop {
+    /// Forge's answer when nothing runs: `interrupt` answers `{}`, `skip` `null`.
+    pub fn idle_answer(self) -> &'static str {
+        match self {
+            Stop::Interrupt => "{}",
+            Stop::Skip => "null",
+        }
+    }
 }
 
 /// A generation route: one of `generation.routes`, by index, and Forge's model for it when
@@ -44,8 +63,11 @@ impl Route {
     /// Classifies `method` and the path as the client sent it; `generation_routes` are the
     /// configured ones.
     pub fn classify(method: &Method, raw_path: &str, generation_routes: &[String]) -> Route {
-        let decoded = decode(raw_path);
-        let path = decoded.as_ref();
+        Self::classify_decoded(method, &decode(raw_path), generation_routes)
+    }
+
+    /// The same, from the path already percent-decoded ([`decode`]).
+    pub fn classify_decoded(method: &Method, path: &str, generation_routes: &[String]) -> Route {
         if path.starts_with(OWN_PREFIX) {
             return Route::Own;
         }
@@ -64,7 +86,9 @@ impl Route {
             }
         }
         match path {
-            path::PROGRESS | path::INTERRUPT | path::SKIP => Route::FollowsGeneration,
+            path::PROGRESS => Route::Progress,
+            path::INTERRUPT => Route::Stop(Stop::Interrupt),
+            path::SKIP => Route::Stop(Stop::Skip),
             _ => Route::PassThrough,
         }
     }
@@ -83,7 +107,7 @@ impl Route {
                 .to_owned()
                 .into(),
             Route::Options => "options".into(),
-            Route::FollowsGeneration | Route::RefreshCheckpoints | Route::PassThrough => {
+            Route::Progress | Route::Stop(_) | Route::RefreshCheckpoints | Route::PassThrough => {
                 "pass_through".into()
             }
         }
@@ -161,11 +185,15 @@ mod tests {
         );
         assert_eq!(
             classify(Method::GET, "/sdapi/v1/progress"),
-            Route::FollowsGeneration
+            Route::Progress
         );
         assert_eq!(
             classify(Method::POST, "/sdapi/v1/interrupt"),
-            Route::FollowsGeneration
+            Route::Stop(Stop::Interrupt)
+        );
+        assert_eq!(
+            classify(Method::POST, "/sdapi/v1/sk%69p"),
+            Route::Stop(Stop::Skip)
         );
         assert_eq!(
             classify(Method::POST, "/sdapi/v1/refresh-checkpoints"),

@@ -20,7 +20,6 @@ mod order;
 mod placement;
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::access::Caller;
 use crate::admin::metrics::Metrics;
 use crate::backend::health::{HealthCounter, HealthEvent, Transition};
 use crate::config::{BackendId, Config, ProfileId};
@@ -46,6 +46,12 @@ pub enum Refused {
     },
     #[error("no healthy backend serves profile {profile}")]
     NoBackend { profile: String },
+    #[error("key {key:?} has {waiting} generations waiting, its limit (access.keys max_queued); try again in {}s", .retry_after.as_secs())]
+    KeyQueueFull {
+        key: String,
+        waiting: usize,
+        retry_after: Duration,
+    },
 }
 
 /// What holds a backend: a generation, or a client's options call. Either is the backend's
@@ -75,7 +81,7 @@ struct Waiter {
     pinned: Option<BackendId>,
     arrived: Instant,
     bypassed: u32,
-    client: Option<IpAddr>,
+    client: Caller,
     /// Backends this request already failed on (before it was sent): never placed there.
     excluded: Vec<BackendId>,
     grant: oneshot::Sender<Result<Grant, Refused>>,
@@ -86,7 +92,7 @@ struct Running {
     work: Work,
     profile: Option<ProfileId>,
     started: Instant,
-    client: Option<IpAddr>,
+    client: Caller,
     /// Its client went away; the backend stays held until Forge has finished.
     client_left: bool,
 }
@@ -183,11 +189,12 @@ impl Scheduler {
     pub fn enqueue(
         self: &Arc<Self>,
         profile: Option<ProfileId>,
-        client: Option<IpAddr>,
+        client: &Caller,
         exclude: &[BackendId],
     ) -> Result<Ticket, Refused> {
         let mut queues = self.lock();
-        let (waiter, receiver) = new_waiter(&mut queues, Work::Generation, profile, client);
+        self.check_key_queue(&queues, client)?;
+        let (waiter, receiver) = new_waiter(&mut queues, Work::Generation, profile, client.clone());
         let id = waiter.ticket;
         let waiter = Waiter {
             excluded: exclude.to_vec(),
@@ -205,10 +212,10 @@ impl Scheduler {
         self: &Arc<Self>,
         backend: BackendId,
         profile: Option<ProfileId>,
-        client: Option<IpAddr>,
+        client: &Caller,
     ) -> Ticket {
         let mut queues = self.lock();
-        let (waiter, receiver) = new_waiter(&mut queues, Work::Options, profile, client);
+        let (waiter, receiver) = new_waiter(&mut queues, Work::Options, profile, client.clone());
         let id = waiter.ticket;
         queues.lane_mut(backend).waiting.push_back(Waiter {
             pinned: Some(backend),
@@ -353,7 +360,7 @@ fn new_waiter(
     queues: &mut Queues,
     work: Work,
     profile: Option<ProfileId>,
-    client: Option<IpAddr>,
+    client: Caller,
 ) -> (Waiter, oneshot::Receiver<Result<Grant, Refused>>) {
     let (sender, receiver) = oneshot::channel();
     let ticket = queues.next_ticket;

@@ -43,7 +43,7 @@ impl Scheduler {
                 work: waiter.work,
                 profile: waiter.profile,
                 started: Instant::now(),
-                client: waiter.client,
+                client: waiter.client.clone(),
                 client_left: false,
             });
             if waiter.profile.is_some() {

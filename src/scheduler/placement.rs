@@ -3,13 +3,14 @@
 //! rotation, and when a backend is idle while others have a queue; and where a request that
 //! is not a generation goes.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{BackendId, PassThroughRouting, Routing};
 
-use super::{Queues, Refused, Scheduler, Waiter};
+use crate::access::Caller;
+
+use super::{Queues, Refused, Scheduler, Waiter, Work};
 
 /// Which backend a request that is not a generation goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +215,7 @@ impl Scheduler {
     /// follow the client's running generation: the backend running one from the same
     /// address, else the only busy backend; everything else (and those, failing that) goes
     /// to the first healthy backend, or round robin over the healthy ones.
-    pub fn pass_through_backend(&self, follow: Follow, client: Option<IpAddr>) -> BackendId {
+    pub fn pass_through_backend(&self, follow: Follow, client: &Caller) -> BackendId {
         // On every request: no allocation, one short lock.
         let mut queues = self.lock();
         if follow == Follow::ClientsGeneration {
@@ -223,9 +224,10 @@ impl Scheduler {
                     .lanes
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, l)| l.running.as_ref().map(|r| (BackendId(i), r.client)))
+                    .filter_map(|(i, l)| l.running.as_ref().map(|r| (BackendId(i), &r.client)))
             };
-            if let Some((id, _)) = running().find(|(_, c)| client.is_some() && *c == client) {
+            let from_client = |c: &Caller| client.addr.is_some() && c.addr == client.addr;
+            if let Some((id, _)) = running().find(|(_, c)| from_client(c)) {
                 return id;
             }
             let mut busy = running();
@@ -253,6 +255,57 @@ impl Scheduler {
             .filter(|(_, l)| l.health.is_healthy())
             .nth(nth)
             .map_or(BackendId(0), |(i, _)| BackendId(i))
+    }
+}
+
+impl Scheduler {
+    /// The backend running a generation of `client`'s key (one from its address first):
+    /// where its `interrupt` or `skip` goes. `None`: none of its generations runs.
+    pub fn running_for_key(&self, client: &Caller) -> Option<BackendId> {
+        let queues = self.lock();
+        let mine = |r: &&super::Running| r.work == Work::Generation && client.same_key(&r.client);
+        let running = || {
+            queues
+                .lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.running.as_ref().filter(mine).map(|r| (BackendId(i), r)))
+        };
+        running()
+            .find(|(_, r)| r.client.addr == client.addr)
+            .or_else(|| running().next())
+            .map(|(id, _)| id)
+    }
+
+    /// Refuses a generation of a key that has `max_queued` waiting already.
+    pub(super) fn check_key_queue(&self, queues: &Queues, client: &Caller) -> Result<(), Refused> {
+        let Some(key) = &client.key else {
+            return Ok(());
+        };
+        let Some(limit) = key.max_queued else {
+            return Ok(());
+        };
+        let waiting = queues
+            .lanes
+            .iter()
+            .flat_map(|l| l.waiting.iter())
+            .filter(|w| w.work == Work::Generation && client.same_key(&w.client))
+            .count();
+        if waiting < limit {
+            return Ok(());
+        }
+        let retry_after = self
+            .config
+            .backend_ids()
+            .filter(|id| queues.lane(*id).health.is_healthy())
+            .map(|id| self.expected_wait(queues, id))
+            .fold(Duration::MAX, Duration::min)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        Err(Refused::KeyQueueFull {
+            key: key.name.clone(),
+            waiting,
+            retry_after: Duration::from_secs(retry_after.as_secs_f64().ceil() as u64),
+        })
     }
 }
 

@@ -10,6 +10,19 @@ use crate::admin::metrics::Metrics;
 use crate::backend::health::HealthEvent;
 use crate::config::{from_toml_str, BackendId, ProfileId};
 
+/// A client known by nothing.
+fn anyone() -> Caller {
+    Caller::default()
+}
+
+/// A client known by its address.
+fn from(addr: &str) -> Caller {
+    Caller {
+        addr: Some(addr.parse().unwrap()),
+        ..Caller::default()
+    }
+}
+
 fn scheduler(extra: &str) -> Arc<Scheduler> {
     let toml = format!(
         "[[backends]]\nurl = \"http://a:1\"\n[[backends]]\nurl = \"http://b:1\"\nprofiles = [\"sd15\", \"sdxl\"]\n{extra}"
@@ -28,11 +41,11 @@ async fn grant(ticket: Ticket) -> Grant {
 #[tokio::test]
 async fn idle_backend_starts_at_once_and_profiles_go_where_allowed() {
     let s = scheduler("");
-    let flux = grant(s.enqueue(FLUX, None, &[]).unwrap()).await;
+    let flux = grant(s.enqueue(FLUX, &anyone(), &[]).unwrap()).await;
     assert_eq!(flux.backend(), BackendId(0), "only backend 0 serves flux");
-    let sd = grant(s.enqueue(SD15, None, &[]).unwrap()).await;
+    let sd = grant(s.enqueue(SD15, &anyone(), &[]).unwrap()).await;
     assert_eq!(sd.backend(), BackendId(1), "backend 0 is busy");
-    let refused = s.enqueue(FLUX, None, &[BackendId(0)]).err();
+    let refused = s.enqueue(FLUX, &anyone(), &[BackendId(0)]).err();
     assert_eq!(
         refused,
         Some(Refused::NoBackend {
@@ -45,10 +58,10 @@ async fn idle_backend_starts_at_once_and_profiles_go_where_allowed() {
 async fn a_free_backend_prefers_its_loaded_profile_within_max_bypass() {
     let s = scheduler("[scheduler]\nmax_bypass = 1\n");
     // Backend 1 only: one lane to watch.
-    let first = grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await;
-    let a = s.enqueue(SDXL, None, &[BackendId(0)]).unwrap();
-    let b = s.enqueue(SD15, None, &[BackendId(0)]).unwrap();
-    let c = s.enqueue(SD15, None, &[BackendId(0)]).unwrap();
+    let first = grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await;
+    let a = s.enqueue(SDXL, &anyone(), &[BackendId(0)]).unwrap();
+    let b = s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap();
+    let c = s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap();
     drop(first);
     // b (sd15, loaded) goes before a (sdxl): a is passed over once.
     let b = grant(b).await;
@@ -66,9 +79,9 @@ async fn a_free_backend_prefers_its_loaded_profile_within_max_bypass() {
 #[tokio::test]
 async fn max_bypass_zero_is_first_come_first_served() {
     let s = scheduler("[scheduler]\nmax_bypass = 0\n");
-    let first = grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await;
-    let a = s.enqueue(SDXL, None, &[BackendId(0)]).unwrap();
-    let b = s.enqueue(SD15, None, &[BackendId(0)]).unwrap();
+    let first = grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await;
+    let a = s.enqueue(SDXL, &anyone(), &[BackendId(0)]).unwrap();
+    let b = s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap();
     drop(first);
     let a = grant(a).await;
     assert_eq!(
@@ -88,8 +101,8 @@ async fn max_bypass_zero_is_first_come_first_served() {
 #[tokio::test]
 async fn a_client_that_leaves_leaves_the_queue() {
     let s = scheduler("");
-    let running = grant(s.enqueue(FLUX, None, &[]).unwrap()).await;
-    let waiting = s.enqueue(FLUX, None, &[]).unwrap();
+    let running = grant(s.enqueue(FLUX, &anyone(), &[]).unwrap()).await;
+    let waiting = s.enqueue(FLUX, &anyone(), &[]).unwrap();
     assert_eq!(s.snapshot().backends[0].queue.len(), 1);
     drop(waiting);
     assert!(s.snapshot().backends[0].queue.is_empty());
@@ -100,9 +113,9 @@ async fn a_client_that_leaves_leaves_the_queue() {
 #[tokio::test]
 async fn full_queues_refuse_with_retry_after() {
     let s = scheduler("[scheduler]\nqueue_per_backend = 1\nqueue_total = 5\n");
-    let _running = grant(s.enqueue(FLUX, None, &[]).unwrap()).await;
-    let _waiting = s.enqueue(FLUX, None, &[]).unwrap();
-    match s.enqueue(FLUX, None, &[]) {
+    let _running = grant(s.enqueue(FLUX, &anyone(), &[]).unwrap()).await;
+    let _waiting = s.enqueue(FLUX, &anyone(), &[]).unwrap();
+    match s.enqueue(FLUX, &anyone(), &[]) {
         Err(Refused::QueueFull {
             waiting,
             retry_after,
@@ -121,9 +134,9 @@ async fn a_backend_that_comes_back_takes_work_queued_elsewhere() {
         BackendId(1),
         HealthEvent::Refused("connection refused".into()),
     );
-    let running = grant(s.enqueue(SD15, None, &[]).unwrap()).await;
+    let running = grant(s.enqueue(SD15, &anyone(), &[]).unwrap()).await;
     assert_eq!(running.backend(), BackendId(0));
-    let waiting = s.enqueue(SD15, None, &[]).unwrap();
+    let waiting = s.enqueue(SD15, &anyone(), &[]).unwrap();
     assert_eq!(s.snapshot().backends[0].queue.len(), 1);
     s.report_health(
         BackendId(1),
@@ -139,10 +152,10 @@ async fn a_backend_that_comes_back_takes_work_queued_elsewhere() {
 #[tokio::test]
 async fn waiters_of_an_unhealthy_backend_move_to_a_healthy_one() {
     let s = scheduler("");
-    let on_a = grant(s.enqueue(SD15, None, &[BackendId(1)]).unwrap()).await;
-    let on_b = grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await;
+    let on_a = grant(s.enqueue(SD15, &anyone(), &[BackendId(1)]).unwrap()).await;
+    let on_b = grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await;
     // Both busy with sd15: equal waits, the first backend gets it.
-    let waiting = s.enqueue(SD15, None, &[]).unwrap();
+    let waiting = s.enqueue(SD15, &anyone(), &[]).unwrap();
     assert_eq!(s.snapshot().backends[0].queue.len(), 1);
     s.report_health(
         BackendId(0),
@@ -165,14 +178,14 @@ async fn waiters_of_an_unhealthy_backend_move_to_a_healthy_one() {
 #[tokio::test]
 async fn affinity_prefers_the_backend_with_the_profile_loaded() {
     let s = scheduler("");
-    drop(grant(s.enqueue(SDXL, None, &[BackendId(1)]).unwrap()).await); // backend 0 has sdxl
-    drop(grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await); // backend 1 has sd15
+    drop(grant(s.enqueue(SDXL, &anyone(), &[BackendId(1)]).unwrap()).await); // backend 0 has sdxl
+    drop(grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await); // backend 1 has sd15
     assert_eq!(
-        grant(s.enqueue(SD15, None, &[]).unwrap()).await.backend(),
+        grant(s.enqueue(SD15, &anyone(), &[]).unwrap()).await.backend(),
         BackendId(1)
     );
     assert_eq!(
-        grant(s.enqueue(SDXL, None, &[]).unwrap()).await.backend(),
+        grant(s.enqueue(SDXL, &anyone(), &[]).unwrap()).await.backend(),
         BackendId(0)
     );
 }
@@ -180,42 +193,42 @@ async fn affinity_prefers_the_backend_with_the_profile_loaded() {
 #[tokio::test]
 async fn progress_follows_the_clients_generation_and_the_rest_goes_first_or_round_robin() {
     let s = scheduler("");
-    let alice: IpAddr = "10.0.0.1".parse().unwrap();
-    let bob: IpAddr = "10.0.0.2".parse().unwrap();
+    let alice = from("10.0.0.1");
+    let bob = from("10.0.0.2");
     assert_eq!(
-        s.pass_through_backend(Follow::ClientsGeneration, Some(alice)),
+        s.pass_through_backend(Follow::ClientsGeneration, &alice),
         BackendId(0)
     );
-    let running = grant(s.enqueue(SD15, Some(alice), &[BackendId(0)]).unwrap()).await;
+    let running = grant(s.enqueue(SD15, &alice, &[BackendId(0)]).unwrap()).await;
     assert_eq!(running.backend(), BackendId(1));
     // The only busy backend, for anyone; the options call goes to the first healthy one.
     assert_eq!(
-        s.pass_through_backend(Follow::ClientsGeneration, Some(bob)),
+        s.pass_through_backend(Follow::ClientsGeneration, &bob),
         BackendId(1)
     );
     assert_eq!(
-        s.pass_through_backend(Follow::Any, Some(alice)),
+        s.pass_through_backend(Follow::Any, &alice),
         BackendId(0)
     );
-    let other = grant(s.enqueue(FLUX, Some(bob), &[]).unwrap()).await;
+    let other = grant(s.enqueue(FLUX, &bob, &[]).unwrap()).await;
     assert_eq!(other.backend(), BackendId(0));
     assert_eq!(
-        s.pass_through_backend(Follow::ClientsGeneration, Some(alice)),
+        s.pass_through_backend(Follow::ClientsGeneration, &alice),
         BackendId(1)
     );
     assert_eq!(
-        s.pass_through_backend(Follow::ClientsGeneration, Some(bob)),
+        s.pass_through_backend(Follow::ClientsGeneration, &bob),
         BackendId(0)
     );
 
     let round_robin = scheduler("[scheduler]\npass_through = \"round_robin\"\n");
     let picks: Vec<usize> = (0..4)
-        .map(|_| round_robin.pass_through_backend(Follow::Any, None).0)
+        .map(|_| round_robin.pass_through_backend(Follow::Any, &anyone()).0)
         .collect();
     assert_eq!(picks, [1, 0, 1, 0]);
     round_robin.report_health(BackendId(1), HealthEvent::Refused("down".into()));
     assert_eq!(
-        round_robin.pass_through_backend(Follow::Any, None),
+        round_robin.pass_through_backend(Follow::Any, &anyone()),
         BackendId(0)
     );
 }
@@ -225,11 +238,11 @@ async fn a_free_backend_takes_work_queued_behind_a_busy_one() {
     tokio::time::pause();
     for config in ["[scheduler]\nmax_bypass = 0\n", ""] {
         let s = scheduler(config);
-        let flux = grant(s.enqueue(FLUX, None, &[BackendId(1)]).unwrap()).await;
-        let sd = grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await;
+        let flux = grant(s.enqueue(FLUX, &anyone(), &[BackendId(1)]).unwrap()).await;
+        let sd = grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await;
         // Nothing learned: it waits behind the sd15 backend (10 s) rather than on the
         // flux one (10 s + a reload, a quarter of a generation until one is measured)...
-        let waiting = s.enqueue(SD15, None, &[]).unwrap();
+        let waiting = s.enqueue(SD15, &anyone(), &[]).unwrap();
         assert_eq!(s.snapshot().backends[1].queue.len(), 1);
         drop(flux);
         // ...and once the flux backend is free, an unknown wait is longer than a reload
@@ -255,9 +268,9 @@ async fn affinity_keeps_work_behind_a_short_wait_when_a_reload_costs_more() {
         let mut queues = s.lock();
         queues.estimates.set(ProfileId(2), 1.0, 30.0);
     }
-    let flux = grant(s.enqueue(FLUX, None, &[BackendId(1)]).unwrap()).await;
-    let sd = grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await;
-    let waiting = s.enqueue(SD15, None, &[]).unwrap();
+    let flux = grant(s.enqueue(FLUX, &anyone(), &[BackendId(1)]).unwrap()).await;
+    let sd = grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await;
+    let waiting = s.enqueue(SD15, &anyone(), &[]).unwrap();
     drop(flux);
     // Its wait behind sd15 (under 1 s) is shorter than a reload on the flux backend.
     let now = s.snapshot();
@@ -278,9 +291,9 @@ async fn max_wait_ends_reordering_past_a_request_that_waited_too_long() {
         ),
     ] {
         let s = scheduler(config);
-        let running = grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await;
-        let older = s.enqueue(SDXL, None, &[BackendId(0)]).unwrap();
-        let loaded = s.enqueue(SD15, None, &[BackendId(0)]).unwrap();
+        let running = grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await;
+        let older = s.enqueue(SDXL, &anyone(), &[BackendId(0)]).unwrap();
+        let loaded = s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap();
         tokio::time::advance(Duration::from_secs(6)).await;
         drop(running);
         let now = s.snapshot();
@@ -306,7 +319,7 @@ async fn burst(s: &Arc<Scheduler>) -> (Vec<(BackendId, &'static str)>, Duration)
         } else {
             (SD15, "sd15", 1)
         };
-        let ticket = s.enqueue(profile, None, &[]).unwrap();
+        let ticket = s.enqueue(profile, &anyone(), &[]).unwrap();
         let ran = ran.clone();
         tasks.push(tokio::spawn(async move {
             let (grant, _) = ticket.granted().await.unwrap();
@@ -351,9 +364,9 @@ async fn a_cold_burst_uses_every_idle_backend() {
 #[tokio::test]
 async fn a_backend_never_takes_a_request_that_failed_on_it() {
     let s = scheduler("[scheduler]\nmax_bypass = 0\n");
-    let flux = grant(s.enqueue(FLUX, None, &[BackendId(1)]).unwrap()).await;
-    let sd = grant(s.enqueue(SD15, None, &[BackendId(0)]).unwrap()).await;
-    let retried = s.enqueue(SD15, None, &[BackendId(0)]).unwrap();
+    let flux = grant(s.enqueue(FLUX, &anyone(), &[BackendId(1)]).unwrap()).await;
+    let sd = grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await;
+    let retried = s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap();
     drop(flux);
     assert_eq!(
         s.snapshot().backends[1].queue.len(),
