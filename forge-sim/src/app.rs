@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ pub fn app(state: SimState) -> Router {
         .merge(api::router(state.clone()))
         .merge(testbed::router())
         .fallback(not_found)
-        .with_state(state);
+        .with_state(state.clone());
     // The layers wrap the routed whole: `Router::layer` on `routes` would
     // wrap each method's handler, after the method was dispatched.
     Router::new()
@@ -35,7 +35,7 @@ pub fn app(state: SimState) -> Router {
         .layer(middleware::from_fn(fastapi_method_not_allowed))
         .layer(middleware::from_fn(gzip))
         .layer(middleware::map_response(uvicorn_headers))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .layer(middleware::from_fn(starlette_path))
 }
 
@@ -256,8 +256,15 @@ async fn uvicorn_headers(mut response: Response) -> Response {
 }
 
 /// One log line per request, like uvicorn's access log, with the time taken.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(State(state): State<SimState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    if !request.uri().path().starts_with("/sim/") {
+        state.record_request(
+            request.method().as_str(),
+            request.uri().path(),
+            request.headers(),
+        );
+    }
     let line = format!(
         "\"{} {} {:?}\"",
         request.method(),

@@ -14,6 +14,9 @@ use crate::images::{ImageCache, SplitMix64};
 use crate::journal::{Journal, Source};
 use crate::progress::JobState;
 
+/// How many requests `GET /sim/requests` keeps.
+pub const REQUESTS_KEPT: usize = 2000;
+
 /// One simulated Forge: its options and loaded model, the running job, the
 /// generation queue and the journal. `Clone` shares it.
 #[derive(Clone)]
@@ -29,6 +32,8 @@ struct Inner {
     disk: Mutex<Vec<CheckpointSpec>>,
     backend: Mutex<Backend>,
     journal: Mutex<Journal>,
+    /// The last requests received, with their headers, oldest first.
+    requests: Mutex<std::collections::VecDeque<Value>>,
     job: Mutex<JobState>,
     /// Forge's `queue_lock`: one generation at a time, the others wait.
     queue: tokio::sync::Mutex<()>,
@@ -53,6 +58,7 @@ impl SimState {
                 images: ImageCache::new(config.image_bytes),
                 disk: Mutex::new(config.checkpoints.clone()),
                 journal: Mutex::new(Journal::default()),
+                requests: Mutex::default(),
                 job: Mutex::new(JobState::default()),
                 queue: tokio::sync::Mutex::new(()),
                 started: Instant::now(),
@@ -66,6 +72,28 @@ impl SimState {
     /// The journal's entries, in order (what `GET /sim/journal` returns).
     pub fn journal(&self) -> Vec<Value> {
         lock(&self.inner.journal).entries()
+    }
+
+    /// The last requests received (at most [`REQUESTS_KEPT`]), oldest first: method, path
+    /// and every header, as `GET /sim/requests` returns them.
+    pub fn requests(&self) -> Vec<Value> {
+        lock(&self.inner.requests).iter().cloned().collect()
+    }
+
+    pub(crate) fn record_request(&self, method: &str, path: &str, headers: &axum::http::HeaderMap) {
+        let headers: Map<String, Value> = headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), Value::String(value))
+            })
+            .collect();
+        let entry = serde_json::json!({"method": method, "path": path, "headers": headers});
+        let mut requests = lock(&self.inner.requests);
+        if requests.len() == REQUESTS_KEPT {
+            requests.pop_front();
+        }
+        requests.push_back(entry);
     }
 
     /// Every option, as `GET /sdapi/v1/options` returns them.

@@ -59,13 +59,23 @@ impl Proxy {
             request.uri().path(),
             request.headers(),
         );
-        let key = admitted.as_ref().ok().and_then(Caller::key_name).map(str::to_owned);
-        observe(&self.state, route.label(routes), key, request, |request| async move {
-            match admitted {
-                Ok(caller) => self.dispatch(route, caller, request).await,
-                Err(denied) => ProxyError::Denied(denied).into_response(),
-            }
-        })
+        let key = admitted
+            .as_ref()
+            .ok()
+            .and_then(Caller::key_name)
+            .map(str::to_owned);
+        observe(
+            &self.state,
+            route.label(routes),
+            key,
+            request,
+            |request| async move {
+                match admitted {
+                    Ok(caller) => self.dispatch(route, caller, request).await,
+                    Err(denied) => ProxyError::Denied(denied).into_response(),
+                }
+            },
+        )
         .await
     }
 

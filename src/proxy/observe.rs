@@ -83,7 +83,9 @@ where
         key: key.clone(),
     });
     let mut response = next(request).await;
-    state.metrics.request(route, key, response.status().as_u16());
+    state
+        .metrics
+        .request(route, key, response.status().as_u16());
     if !response.headers().contains_key(REQUEST_ID_HEADER) {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }

@@ -48,7 +48,11 @@ pub async fn stop(
         return forward(state, client, request, Follow::ClientsGeneration).await;
     }
     let Some(backend) = state.scheduler.running_for_key(client) else {
-        tracing::info!(key = client.key_name().unwrap_or("-"), ?stop, "none of the key's generations runs: nothing to stop");
+        tracing::info!(
+            key = client.key_name().unwrap_or("-"),
+            ?stop,
+            "none of the key's generations runs: nothing to stop"
+        );
         let mut response = Response::new(Body::from(stop.idle_answer()));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,

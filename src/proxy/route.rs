@@ -183,10 +183,7 @@ mod tests {
             classify(Method::GET, "/sdapi/v1/options"),
             Route::PassThrough
         );
-        assert_eq!(
-            classify(Method::GET, "/sdapi/v1/progress"),
-            Route::Progress
-        );
+        assert_eq!(classify(Method::GET, "/sdapi/v1/progress"), Route::Progress);
         assert_eq!(
             classify(Method::POST, "/sdapi/v1/interrupt"),
             Route::Stop(Stop::Interrupt)

@@ -181,11 +181,15 @@ async fn affinity_prefers_the_backend_with_the_profile_loaded() {
     drop(grant(s.enqueue(SDXL, &anyone(), &[BackendId(1)]).unwrap()).await); // backend 0 has sdxl
     drop(grant(s.enqueue(SD15, &anyone(), &[BackendId(0)]).unwrap()).await); // backend 1 has sd15
     assert_eq!(
-        grant(s.enqueue(SD15, &anyone(), &[]).unwrap()).await.backend(),
+        grant(s.enqueue(SD15, &anyone(), &[]).unwrap())
+            .await
+            .backend(),
         BackendId(1)
     );
     assert_eq!(
-        grant(s.enqueue(SDXL, &anyone(), &[]).unwrap()).await.backend(),
+        grant(s.enqueue(SDXL, &anyone(), &[]).unwrap())
+            .await
+            .backend(),
         BackendId(0)
     );
 }
@@ -206,10 +210,7 @@ async fn progress_follows_the_clients_generation_and_the_rest_goes_first_or_roun
         s.pass_through_backend(Follow::ClientsGeneration, &bob),
         BackendId(1)
     );
-    assert_eq!(
-        s.pass_through_backend(Follow::Any, &alice),
-        BackendId(0)
-    );
+    assert_eq!(s.pass_through_backend(Follow::Any, &alice), BackendId(0));
     let other = grant(s.enqueue(FLUX, &bob, &[]).unwrap()).await;
     assert_eq!(other.backend(), BackendId(0));
     assert_eq!(

@@ -1,5 +1,6 @@
 //! Integration tests: the proxy and `forge-sim` over real sockets.
 
+mod access;
 mod backends;
 mod cli;
 mod edges;

@@ -22,6 +22,7 @@ use crate::state::SimState;
 pub fn router() -> Router<SimState> {
     Router::new()
         .route("/sim/journal", get(journal).delete(clear_journal))
+        .route("/sim/requests", get(requests))
         .route("/sim/sse", get(streams::sse))
         .route("/sim/bytes", get(streams::bytes))
         .route("/sim/sink", axum::routing::post(streams::sink))
@@ -49,6 +50,11 @@ async fn add_checkpoint(
 /// `GET /sim/journal`: every options change and generation so far.
 async fn journal(State(state): State<SimState>) -> Json<Value> {
     Json(Value::Array(state.journal()))
+}
+
+/// `GET /sim/requests`: the last requests received, with their headers.
+async fn requests(State(state): State<SimState>) -> Json<Value> {
+    Json(Value::Array(state.requests()))
 }
 
 /// `DELETE /sim/journal`: forgets the entries (`seq` keeps counting).
