@@ -67,9 +67,10 @@ async fn set_options(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     let head = Head::of(&parts);
-    let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
+    let held = read_body(state, &parts.headers, body).await?;
+    let bytes = &held.bytes;
     let Some(mut changes) = read_changes(&head, &bytes) else {
-        let request = head.request(head.headers.clone(), Body::from(bytes));
+        let request = head.request(head.headers.clone(), Body::from(bytes.clone()));
         return Ok(pass_through::forward(state, client, request, Follow::Any).await);
     };
     let posted = changes.clone();

@@ -13,6 +13,7 @@ use crate::backend::forge::ForgeError;
 use crate::decide::client_memory::Rejected;
 use crate::decide::plan::PlanError;
 use crate::decide::profile::UnknownProfile;
+use crate::forward::client_body::ClientBodyError;
 use crate::forward::{CallAnswer, ForwardError};
 use crate::scheduler::Refused;
 
@@ -38,6 +39,17 @@ pub enum ProxyError {
         "could not prepare backend {backend} for the generation, which was not sent: {source}"
     )]
     OptionsFailed { backend: String, source: ForgeError },
+
+    /// The client's body failed while the proxy read it.
+    #[error("{0}")]
+    ClientBodyFailed(ClientBodyError),
+
+    /// `limits.max_inspected_total` is held by other bodies.
+    #[error("the proxy holds {limit} bytes of request bodies for inspection, its limit (limits.max_inspected_total); try again in {}s", .retry_after.as_secs())]
+    Busy {
+        limit: u64,
+        retry_after: std::time::Duration,
+    },
 
     #[error("reading the request body failed: {reason}")]
     ClientBody { reason: String },
@@ -104,6 +116,11 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::Forward(ForwardError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Forward(ForwardError::ClientBody(e)) | Self::ClientBodyFailed(e) => match e {
+                ClientBodyError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+                ClientBodyError::Broken(_) => StatusCode::BAD_REQUEST,
+            },
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Forward(ForwardError::BodyTooLarge { .. })
             | Self::InspectedBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
@@ -125,6 +142,11 @@ impl ProxyError {
             Self::Forward(ForwardError::Unreachable { .. }) => "BackendUnreachable",
             Self::Forward(ForwardError::Timeout { .. }) => "BackendTimeout",
             Self::Forward(ForwardError::Failed { .. }) => "BackendFailed",
+            Self::Forward(ForwardError::ClientBody(e)) | Self::ClientBodyFailed(e) => match e {
+                ClientBodyError::Idle(_) => "RequestTimeout",
+                ClientBodyError::Broken(_) => "BadRequestBody",
+            },
+            Self::Busy { .. } => "Busy",
             Self::Forward(ForwardError::BodyTooLarge { .. })
             | Self::InspectedBodyTooLarge { .. } => "PayloadTooLarge",
             Self::UnknownProxyRoute { .. } => "NotFound",
@@ -159,6 +181,7 @@ impl IntoResponse for ProxyError {
             Self::Refused(
                 Refused::QueueFull { retry_after, .. } | Refused::KeyQueueFull { retry_after, .. },
             ) => Some(retry_after.as_secs()),
+            Self::Busy { retry_after, .. } => Some(retry_after.as_secs()),
             // An unhealthy backend comes back after its next good health check.
             Self::Refused(Refused::NoBackend { .. }) => Some(5),
             _ => None,

@@ -13,6 +13,7 @@ use crate::backend::{Backend, Backends};
 use crate::config::Config;
 use crate::forward::upgrade::Tunnels;
 use crate::forward::Forwarder;
+use crate::proxy::request::InspectBudget;
 use crate::scheduler::Scheduler;
 
 /// What every handler shares, behind one `Arc`: a clone (axum's `State` makes one per
@@ -35,6 +36,8 @@ pub struct Shared {
     pub decisions: Arc<Decisions>,
     pub metrics: Metrics,
     pub scheduler: Arc<Scheduler>,
+    /// `limits.max_inspected_total`, shared by every body held for inspection.
+    pub inspect_budget: InspectBudget,
     /// Why NVML is not used, when it is not (shown on `/proxy/status`).
     pub nvml_error: Option<String>,
     /// Work that outlives the request that started it: a generation Forge is still running
@@ -93,7 +96,9 @@ impl AppState {
         let forwarder = Forwarder::new(&config, tunnels);
         let metrics = Metrics::new();
         let scheduler = Scheduler::new(config.clone(), metrics.clone());
+        let inspect_budget = InspectBudget::new(config.max_inspected_total);
         Ok(Self(Arc::new(Shared {
+            inspect_budget,
             config,
             forwarder,
             backends: Backends::new(backends),

@@ -113,6 +113,8 @@ struct Inner {
     retries: Counter,
     left_to_forge: Counter,
     clients_gone: Counter,
+    connections_refused: Counter,
+    inspect_refused: Counter,
 }
 
 fn generation_histogram() -> Histogram {
@@ -149,6 +151,8 @@ impl Metrics {
             retries: registered(&mut r, "retries", "Generations moved to another backend: the first failed before the request was sent, or went unhealthy while they waited", Counter::default()),
             left_to_forge: registered(&mut r, "left_to_forge", "Generations Forge refuses (a body it cannot read, a field its model does not validate), forwarded untouched with nothing changed for them", Counter::default()),
             clients_gone: registered(&mut r, "clients_gone", "Generations whose client went away before Forge answered; the backend stayed held until it had", Counter::default()),
+            connections_refused: registered(&mut r, "connections_refused", "Client connections refused at limits.max_connections", Counter::default()),
+            inspect_refused: registered(&mut r, "inspect_refused", "Request bodies refused at limits.max_inspected_total (503 Busy)", Counter::default()),
             registry: r,
         };
         Self {
@@ -201,6 +205,16 @@ impl Metrics {
     /// A generation Forge will refuse went to it untouched.
     pub fn left_to_forge(&self) {
         self.inner.left_to_forge.inc();
+    }
+
+    /// A client connection refused at `limits.max_connections`.
+    pub fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
+    }
+
+    /// A body refused at `limits.max_inspected_total`.
+    pub fn inspect_refused(&self) {
+        self.inner.inspect_refused.inc();
     }
 
     /// A generation's client went away before Forge answered.
@@ -577,6 +591,9 @@ mod tests {
         metrics.retry();
         metrics.left_to_forge();
         metrics.client_gone();
+        metrics.request("txt2img", Some("discord-bot".to_owned()), 200);
+        metrics.connection_refused();
+        metrics.inspect_refused();
 
         let scrape = scrape(&metrics);
         let mut documented: Vec<&str> = scrape.docs.keys().map(String::as_str).collect();
@@ -584,9 +601,12 @@ mod tests {
         assert_eq!(
             documented,
             [
+                "forge_proxy_client_requests_total",
                 "forge_proxy_clients_gone_total",
+                "forge_proxy_connections_refused_total",
                 "forge_proxy_generation_duration_seconds",
                 "forge_proxy_inference_memory_mib",
+                "forge_proxy_inspect_refused_total",
                 "forge_proxy_left_to_forge_total",
                 "forge_proxy_options_calls_total",
                 "forge_proxy_profile_switches_total",

@@ -40,7 +40,8 @@ pub async fn plan(
         .get(MODEL_TYPE_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let head = Head::of(&parts);
-    let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
+    let held = read_body(&state, &parts.headers, body).await?;
+    let bytes = &held.bytes;
     let body = match GenerationBody::read(head.content_type(), &bytes) {
         Ok(body) => body,
         Err(unread) => {

@@ -20,6 +20,17 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// A progress poll that hangs is worse than one that fails: clients poll again.
 pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// nginx's `client_header_timeout`, `client_body_timeout` and `keepalive_timeout` are 60 s,
+/// 60 s and 75 s: long enough for any real client, short enough that a slow one cannot
+/// hold a connection for ever.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CLIENT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Four bodies of the largest inspected size at once.
+pub const DEFAULT_MAX_INSPECTED_TOTAL: &str = "1GiB";
+/// Each client connection may need a backend connection: two descriptors each, within the
+/// descriptor limit the proxy raises to its hard limit at start.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// img2img bodies carry base64 images (megabytes each); a GiB is far beyond any real request.
 pub const DEFAULT_MAX_REQUEST_BODY: &str = "1GiB";
 /// An img2img with four large init images is some tens of MiB of base64.
@@ -156,6 +167,9 @@ impl Default for RawTimeouts {
             request: format_duration(Some(DEFAULT_REQUEST_TIMEOUT)),
             generation: format_duration(None),
             shutdown_grace: format_duration(Some(DEFAULT_SHUTDOWN_GRACE)),
+            client_header: format_duration(Some(DEFAULT_CLIENT_HEADER_TIMEOUT)),
+            client_body_idle: format_duration(Some(DEFAULT_CLIENT_BODY_IDLE_TIMEOUT)),
+            keep_alive: format_duration(Some(DEFAULT_KEEP_ALIVE_TIMEOUT)),
             routes: BTreeMap::from([(
                 path::PROGRESS.to_owned(),
                 format_duration(Some(DEFAULT_PROGRESS_TIMEOUT)),
@@ -169,6 +183,8 @@ impl Default for RawLimits {
         Self {
             max_request_body: DEFAULT_MAX_REQUEST_BODY.to_owned(),
             max_inspected_body: DEFAULT_MAX_INSPECTED_BODY.to_owned(),
+            max_inspected_total: DEFAULT_MAX_INSPECTED_TOTAL.to_owned(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub max_request_body: u64,
     pub max_inspected_body: u64,
+    pub max_inspected_total: u64,
+    pub max_connections: usize,
     pub generation_routes: Vec<String>,
     pub on_client_disconnect: OnClientDisconnect,
     pub log_format: LogFormat,
@@ -193,6 +195,9 @@ pub struct Timeouts {
     pub request: Option<Duration>,
     pub generation: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
+    pub client_header: Option<Duration>,
+    pub client_body_idle: Option<Duration>,
+    pub keep_alive: Option<Duration>,
     pub routes: BTreeMap<String, Option<Duration>>,
 }
 

@@ -197,6 +197,13 @@ pub struct RawTimeouts {
     pub generation: String,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: String,
+    /// Time a client has to send a request's head, from its first byte (or from the
+    /// connection's opening, for the first request); beyond it the connection is closed.
+    pub client_header: String,
+    /// Longest pause in a request body while the proxy reads it; beyond it: 408.
+    pub client_body_idle: String,
+    /// An idle connection between requests is closed after this long.
+    pub keep_alive: String,
     /// Per-path overrides of `request`, e.g. `"/sdapi/v1/progress" = "30s"`.
     pub routes: BTreeMap<String, String>,
 }
@@ -209,6 +216,11 @@ pub struct RawLimits {
     /// Largest body the proxy reads into memory to inspect (generations, options calls):
     /// those are held whole, pass-through bodies never are.
     pub max_inspected_body: String,
+    /// The bytes of every body held for inspection at once, queued ones included; beyond
+    /// it a new one gets 503 with Retry-After.
+    pub max_inspected_total: String,
+    /// Client connections open at once; beyond it a new one gets 503 and is closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

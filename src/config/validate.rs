@@ -30,7 +30,7 @@ impl TryFrom<RawConfig> for Config {
         })?;
         let mut backends = backends(&raw.backends)?;
         let timeouts = timeouts(&raw.timeouts)?;
-        let (max_request_body, max_inspected_body) = limits(&raw.limits)?;
+        let limits = limits(&raw.limits)?;
         generation_routes(&raw.generation)?;
         raw.profiles = effective_profiles(&raw.profiles);
         let profiles = raw
@@ -52,8 +52,10 @@ impl TryFrom<RawConfig> for Config {
             listen,
             backends,
             timeouts,
-            max_request_body,
-            max_inspected_body,
+            max_request_body: limits.max_request_body,
+            max_inspected_body: limits.max_inspected_body,
+            max_inspected_total: limits.max_inspected_total,
+            max_connections: limits.max_connections,
             generation_routes: raw.generation.routes.clone(),
             on_client_disconnect: raw.generation.on_client_disconnect,
             log_format: raw.log.format,
@@ -86,6 +88,9 @@ fn timeouts(t: &RawTimeouts) -> Result<Timeouts, ConfigError> {
         request: parse_duration("timeouts.request", &t.request)?,
         generation: parse_duration("timeouts.generation", &t.generation)?,
         shutdown_grace: parse_duration("timeouts.shutdown_grace", &t.shutdown_grace)?,
+        client_header: parse_duration("timeouts.client_header", &t.client_header)?,
+        client_body_idle: parse_duration("timeouts.client_body_idle", &t.client_body_idle)?,
+        keep_alive: parse_duration("timeouts.keep_alive", &t.keep_alive)?,
         routes: t
             .routes
             .iter()
@@ -102,18 +107,38 @@ fn timeouts(t: &RawTimeouts) -> Result<Timeouts, ConfigError> {
     })
 }
 
-/// `limits.max_request_body` and `limits.max_inspected_body`, in bytes.
-fn limits(raw: &RawLimits) -> Result<(u64, u64), ConfigError> {
+/// The `[limits]` section, sizes in bytes.
+struct Limits {
+    max_request_body: u64,
+    max_inspected_body: u64,
+    max_inspected_total: u64,
+    max_connections: usize,
+}
+
+fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
     let size = |key: &str, value: &str| {
         value
             .parse::<ByteSize>()
             .map(|size| size.as_u64())
             .map_err(|_| invalid(key, value, "a size like \"64MiB\" or \"1GiB\""))
     };
-    Ok((
-        size("limits.max_request_body", &raw.max_request_body)?,
-        size("limits.max_inspected_body", &raw.max_inspected_body)?,
-    ))
+    let limits = Limits {
+        max_request_body: size("limits.max_request_body", &raw.max_request_body)?,
+        max_inspected_body: size("limits.max_inspected_body", &raw.max_inspected_body)?,
+        max_inspected_total: size("limits.max_inspected_total", &raw.max_inspected_total)?,
+        max_connections: raw.max_connections,
+    };
+    if limits.max_connections == 0 {
+        return Err(invalid("limits.max_connections", 0, "at least 1"));
+    }
+    if limits.max_inspected_total < limits.max_inspected_body.min(limits.max_request_body) {
+        return Err(invalid(
+            "limits.max_inspected_total",
+            &raw.max_inspected_total,
+            "at least limits.max_inspected_body, or one body of that size could never be read",
+        ));
+    }
+    Ok(limits)
 }
 
 fn generation_routes(raw: &RawGeneration) -> Result<(), ConfigError> {

@@ -199,20 +199,26 @@ impl<'a> GenerationBody<'a> {
         }
     }
 
-    /// The body with `edits` applied, as UTF-8 JSON; every member the proxy did not change is
-    /// copied as its raw text, in the client's order.
-    pub fn render(&self, edits: &BodyEdits) -> Result<Bytes, serde_json::Error> {
-        let mut out = String::with_capacity(self.text.len() + 256);
-        out.push('{');
+    /// The body with `edits` applied, as UTF-8 JSON, in pieces: every member the proxy did
+    /// not change is its raw text, in the client's order, and a large one (an init image) is
+    /// a slice of `original` (the bytes this body was read from) rather than a copy, so the
+    /// body is held once.
+    pub fn render(
+        &self,
+        original: &Bytes,
+        edits: &BodyEdits,
+    ) -> Result<Vec<Bytes>, serde_json::Error> {
+        let mut pieces = Pieces::new(original);
+        pieces.push_str("{");
         let mut first = true;
-        let mut member = |out: &mut String, name: &str, value: &str| {
+        let mut member = |pieces: &mut Pieces, name: &str, value: &str| {
             if !first {
-                out.push(',');
+                pieces.push_str(",");
             }
             first = false;
-            out.push_str(&serde_json::to_string(name)?);
-            out.push(':');
-            out.push_str(value);
+            pieces.push_str(&serde_json::to_string(name)?);
+            pieces.push_str(":");
+            pieces.push_raw(value);
             Ok::<(), serde_json::Error>(())
         };
         for (name, span) in self.object.members() {
@@ -221,16 +227,65 @@ impl<'a> GenerationBody<'a> {
             }
             let raw = &self.text[span];
             if name == "override_settings" && !edits.removed_overrides.is_empty() {
-                member(&mut out, name, &without(raw, &edits.removed_overrides)?)?;
+                member(&mut pieces, name, &without(raw, &edits.removed_overrides)?)?;
             } else {
-                member(&mut out, name, raw)?;
+                member(&mut pieces, name, raw)?;
             }
         }
         for (name, value) in &edits.added {
-            member(&mut out, name, &serde_json::to_string(value)?)?;
+            member(&mut pieces, name, &serde_json::to_string(value)?)?;
         }
-        out.push('}');
-        Ok(Bytes::from(out))
+        pieces.push_str("}");
+        Ok(pieces.finish())
+    }
+}
+
+/// A body built in pieces: text the proxy writes, gathered, and large raw members of the
+/// client's body, as slices of its bytes.
+struct Pieces<'a> {
+    original: &'a Bytes,
+    written: String,
+    done: Vec<Bytes>,
+}
+
+/// Raw members at least this long are sliced rather than copied.
+const SLICE_FROM: usize = 4096;
+
+impl<'a> Pieces<'a> {
+    fn new(original: &'a Bytes) -> Self {
+        Self {
+            original,
+            written: String::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn push_str(&mut self, text: &str) {
+        self.written.push_str(text);
+    }
+
+    /// A member's raw text: sliced from the original bytes when it lies in them (a UTF-8
+    /// body) and is large, else copied.
+    fn push_raw(&mut self, raw: &str) {
+        let start = raw.as_ptr() as usize;
+        let base = self.original.as_ptr() as usize;
+        let inside = start >= base && start + raw.len() <= base + self.original.len();
+        if raw.len() < SLICE_FROM || !inside {
+            self.written.push_str(raw);
+            return;
+        }
+        if !self.written.is_empty() {
+            self.done
+                .push(Bytes::from(std::mem::take(&mut self.written)));
+        }
+        self.done.push(self.original.slice_ref(raw.as_bytes()));
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.written.is_empty() {
+            self.done.push(Bytes::from(self.written));
+        }
+        self.done
     }
 }
 
@@ -444,10 +499,39 @@ mod tests {
             added: Map::from_iter([("distilled_cfg_scale".to_owned(), json!(3.5))]),
             removed_overrides: vec!["forge_inference_memory".to_owned()],
         };
-        let out = String::from_utf8(body.render(&edits).unwrap().to_vec()).unwrap();
+        let original = Bytes::from_static(bytes);
+        let pieces = body.render(&original, &edits).unwrap();
+        let out = String::from_utf8(pieces.concat()).unwrap();
         assert_eq!(
             out,
             r#"{"prompt":"a  cat","init_images":["iVBOR\u0041w"],"cfg_scale":NaN,"override_settings":{"x":Infinity},"distilled_cfg_scale":3.5}"#
+        );
+    }
+
+    #[test]
+    fn a_large_member_is_sent_as_a_slice_of_the_clients_bytes() {
+        let image = "A".repeat(100_000);
+        let text = format!(r#"{{"init_images": ["{image}"], "prompt": "x"}}"#);
+        let original = Bytes::from(text);
+        let body = GenerationBody::read(None, &original).unwrap();
+        let edits = BodyEdits {
+            added: Map::from_iter([("cfg_scale".to_owned(), json!(1.0))]),
+            removed_overrides: Vec::new(),
+        };
+        let pieces = body.render(&original, &edits).unwrap();
+        let sliced = pieces
+            .iter()
+            .find(|p| p.len() > 100_000)
+            .expect("the image as one piece");
+        let base = original.as_ptr() as usize;
+        let at = sliced.as_ptr() as usize;
+        assert!(
+            at >= base && at < base + original.len(),
+            "a slice, not a copy"
+        );
+        assert_eq!(
+            String::from_utf8(pieces.concat()).unwrap(),
+            format!(r#"{{"init_images":["{image}"],"prompt":"x","cfg_scale":1.0}}"#)
         );
     }
 

@@ -3,7 +3,9 @@
 //! - [`hop`] — hop-by-hop headers (RFC 9110 §7.6.1).
 //! - [`forwarding`] — `X-Forwarded-*`.
 //! - [`upgrade`] — websocket and other `Upgrade` tunnels.
+//! - [`client_body`] — a client's request body, whose failures are the client's.
 
+pub mod client_body;
 pub mod forwarding;
 pub mod hop;
 pub mod upgrade;
@@ -24,6 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{BackendConfig, Config};
+
+use client_body::ClientBodyError;
 
 /// How long an idle pooled connection to a backend is kept. uvicorn closes idle
 /// keep-alive connections after 5 s, so a shorter idle time avoids reusing a closing socket.
@@ -141,6 +145,9 @@ impl Forwarder {
         path: &str,
         error: &hyper_util::client::legacy::Error,
     ) -> ForwardError {
+        if let Some(client) = ClientBodyError::find(error) {
+            return ForwardError::ClientBody(client.clone());
+        }
         if source_is::<LengthLimitError>(error) {
             return ForwardError::BodyTooLarge {
                 limit: self.max_request_body,
@@ -230,6 +237,9 @@ pub enum ForwardError {
     },
     #[error("request body is larger than the limit of {limit} bytes (limits.max_request_body)")]
     BodyTooLarge { limit: u64 },
+    /// The client's body failed on the way: the client's fault, not the backend's.
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
 }
 
 /// The whole answer to one of the proxy's own calls.

@@ -81,7 +81,8 @@ async fn run(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     let head = Head::of(&parts);
-    let bytes = read_body(&parts.headers, body, state.config.inspect_limit()).await?;
+    let held = read_body(state, &parts.headers, body).await?;
+    let bytes = &held.bytes;
     let body = match inspect::inspect(state, route, &head, &bytes) {
         inspect::Inspected::Managed(body) => body,
         inspect::Inspected::LeftToForge => {

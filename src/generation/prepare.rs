@@ -29,8 +29,8 @@ pub struct Prepared {
     /// The request's headers, with the length of a rewritten body.
     pub headers: http::HeaderMap,
     /// The client's bytes, or the body with the profile's request defaults and without the
-    /// memory keys the proxy owns.
-    pub body: Bytes,
+    /// memory keys the proxy owns: in pieces that share the client's bytes.
+    pub body: Vec<Bytes>,
     /// Forge keeps the request's `override_settings` after it (the client turned the
     /// restore off): the backend's options are unknown afterwards.
     pub leaves_changes: bool,
@@ -84,15 +84,15 @@ pub async fn prepare(
 
     let mut headers = generation.head.headers.clone();
     let body = if plan.edits.is_empty() {
-        generation.bytes.clone()
+        vec![generation.bytes.clone()]
     } else {
         let rendered = generation
             .body
-            .render(&plan.edits)
+            .render(generation.bytes, &plan.edits)
             .map_err(|e| ProxyError::ClientBody {
                 reason: e.to_string(),
             })?;
-        set_length(&mut headers, rendered.len());
+        set_length(&mut headers, rendered.iter().map(Bytes::len).sum());
         rendered
     };
     let leaves_changes = !overrides.is_empty() && !generation.body.restores_overrides();

@@ -29,6 +29,7 @@ use crate::generation::prepare::Prepared;
 use crate::generation::respond::Told;
 use crate::generation::Generation;
 use crate::proxy::pass_through;
+use crate::proxy::request::Chunks;
 use crate::scheduler::Grant;
 use crate::state::AppState;
 
@@ -44,7 +45,7 @@ pub async fn send(
     let id = grant.backend();
     let request = generation
         .head
-        .request(prepared.headers, Body::from(prepared.body));
+        .request(prepared.headers, Body::new(Chunks::new(prepared.body)));
     let held = Held {
         told: Told::of(&prepared.plan, prepared.reading.as_ref()),
         leaves_changes: prepared.leaves_changes,

@@ -277,6 +277,18 @@ impl Scheduler {
             .map(|(id, _)| id)
     }
 
+    /// The shortest expected wait for a new generation on a healthy backend (zero when one
+    /// is free or none is healthy): a Retry-After for a client refused for want of room.
+    pub fn shortest_wait(&self) -> Duration {
+        let queues = self.lock();
+        self.config
+            .backend_ids()
+            .filter(|id| queues.lane(*id).health.is_healthy())
+            .map(|id| self.expected_wait(&queues, id))
+            .min()
+            .unwrap_or_default()
+    }
+
     /// Refuses a generation of a key that has `max_queued` waiting already.
     pub(super) fn check_key_queue(&self, queues: &Queues, client: &Caller) -> Result<(), Refused> {
         let Some(key) = &client.key else {

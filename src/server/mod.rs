@@ -6,29 +6,31 @@
 //! buffer from 8 to 16 KiB, kept while the connection idles. Forge speaks HTTP/1.1 only, and
 //! so does the proxy.
 
-use std::convert::Infallible;
+pub mod connection;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
-use http::Request;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::proxy::{app, Proxy};
+use crate::proxy::app;
 use crate::state::AppState;
 
 /// After an accept error other than a failed handshake (e.g. too many open files), wait this
 /// long before accepting again rather than spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Accept errors are logged at most this often.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
+/// A refused connection gets this long to take its 503.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Descriptors kept for the listener, log files, NVML and the proxy's own calls.
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
 /// finish for at most `timeouts.shutdown_grace`.
@@ -46,24 +48,42 @@ pub async fn run(
     let proxy = app(state.clone());
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
+    let timeouts = connection::Timeouts {
+        client_header: state.config.timeouts.client_header,
+        keep_alive: state.config.timeouts.keep_alive,
+        client_body_idle: state.config.timeouts.client_body_idle,
+    };
+    let limit = connection_limit(state.config.max_connections);
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    accept_failed(&e).await;
+                    accept_errors.failed(&e).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        connections.spawn(serve_connection(
-            stream,
-            peer,
-            proxy.clone(),
-            stopping.clone(),
-        ));
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                connections.spawn(connection::serve(
+                    stream,
+                    peer,
+                    proxy.clone(),
+                    timeouts,
+                    stopping.clone(),
+                    slot,
+                ));
+            }
+            Err(_) => {
+                state.metrics.connection_refused();
+                connections.spawn(refuse(stream, limit));
+            }
+        }
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -102,66 +122,84 @@ fn warn_if_open(listener: &TcpListener, config: &Config) {
     }
 }
 
-/// One client connection: HTTP/1.1 with upgrades (websockets), until the client closes it
-/// or, once `stopping` fires, its in-flight request is answered.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Proxy,
-    stopping: CancellationToken,
-) {
-    // Responses go out as soon as they are written: no Nagle delay behind a small write.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+/// Accept errors other than one connection's failed handshake (out of file descriptors):
+/// logged at most once a second, with how many there were, and waited out.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    async fn failed(&mut self, error: &std::io::Error) {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+        if matches!(
+            error.kind(),
+            ConnectionRefused | ConnectionAborted | ConnectionReset
+        ) {
+            return;
+        }
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_LOG_EVERY)
+        {
+            tracing::error!(error = %error, errors = self.unlogged, "cannot accept connections");
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
     }
-    let service = ClientService { proxy, peer };
-    let connection = http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = stopping.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+}
+
+/// A connection beyond `limits.max_connections`: a 503 that says so, then closed.
+async fn refuse(mut stream: TcpStream, limit: usize) {
+    use tokio::io::AsyncWriteExt;
+    let message = format!(
+        "forge-vram-proxy: the proxy has {limit} connections open, its limit (limits.max_connections); try again shortly"
+    );
+    let body = serde_json::json!({
+        "error": "TooManyConnections", "detail": message, "body": "", "message": message, "errors": message,
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nx-forge-proxy-error: true\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let written = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if let Ok(Err(e)) = written {
+        tracing::debug!(error = %e, "could not write the refusal");
+    }
+}
+
+/// The descriptors the process may open: the soft limit, raised to the hard limit first.
+/// `max_connections` is lowered to what fits (each client connection may need a backend
+/// connection too), with a warning.
+fn connection_limit(configured: usize) -> usize {
+    let descriptors = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open file limit");
+            return configured;
         }
     };
-    if let Err(e) = served {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    let fits = usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if configured > fits {
+        tracing::warn!(
+            configured,
+            descriptors,
+            using = fits,
+            "limits.max_connections is more than the open file limit allows: lowered"
+        );
+        return fits;
     }
-}
-
-/// The proxy as hyper sees it, with the client's address.
-#[derive(Clone)]
-struct ClientService {
-    proxy: Proxy,
-    peer: SocketAddr,
-}
-
-impl hyper::service::Service<Request<Incoming>> for ClientService {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let proxy = self.proxy.clone();
-        let client = self.peer.ip();
-        Box::pin(async move { Ok(proxy.handle(Some(client), request.map(Body::new)).await) })
-    }
-}
-
-/// Errors of one connection's handshake are that connection's; anything else (out of file
-/// descriptors) is logged and waited out.
-async fn accept_failed(error: &std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        error.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(error = %error, "cannot accept a connection");
-    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    configured
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -1,0 +1,327 @@
+//! One client connection: HTTP/1.1 with upgrades (websockets), held to the timeouts a server
+//! any client can reach needs (nginx's `client_header_timeout`, `keepalive_timeout`,
+//! `client_body_timeout`):
+//!
+//! - `timeouts.client_header`: from a request's first byte (or the connection's opening, for
+//!   the first request) to the end of its head; a client trickling its headers is closed.
+//! - `timeouts.keep_alive`: an idle connection between requests is closed.
+//! - `timeouts.client_body_idle`: a request body that stalls fails its request with 408
+//!   ([`ClientBody`]).
+//!
+//! The connection's [`Activity`] tells them apart: bytes read while no request is in
+//! flight start a head; a request handed to the proxy is in flight until its response has
+//! been written (or dropped). On shutdown a connection with nothing in flight (idle, or
+//! still reading a head) is closed at once; one with a request in flight finishes it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::Request;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::client_body::ClientBody;
+use crate::proxy::Proxy;
+
+/// The connection timeouts, from `[timeouts]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub client_header: Option<Duration>,
+    pub keep_alive: Option<Duration>,
+    pub client_body_idle: Option<Duration>,
+}
+
+/// What a connection is doing, as its reads and its requests tell it.
+struct Activity {
+    opened: Instant,
+    /// Requests handed to the proxy whose response is not yet written.
+    in_flight: AtomicUsize,
+    /// Requests handed to the proxy so far.
+    served: AtomicU64,
+    /// Milliseconds after `opened` when the last response was written.
+    idle_since_ms: AtomicU64,
+    /// Milliseconds after `opened` when the first byte of the next head came; [`NONE`]
+    /// while none has.
+    head_since_ms: AtomicU64,
+    /// Woken when a deadline may have moved (a head began, the last response was written).
+    changed: Notify,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// Why a connection was closed before its client closed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// `timeouts.client_header`: the head did not arrive in time.
+    Header,
+    /// `timeouts.keep_alive`: idle between requests.
+    Idle,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(NONE),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.opened + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived: with nothing in flight, a new head has begun.
+    fn read_some(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since_ms.load(Ordering::Acquire) == NONE
+        {
+            self.head_since_ms.store(self.now_ms(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.fetch_add(1, Ordering::AcqRel);
+        self.head_since_ms.store(NONE, Ordering::Release);
+    }
+
+    fn response_done(&self) {
+        self.idle_since_ms.store(self.now_ms(), Ordering::Release);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Nothing in flight: idle, or reading a head.
+    fn is_quiet(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// When the connection expires, and why; `None` while a request is in flight.
+    fn deadline(&self, timeouts: &Timeouts) -> Option<(Instant, Expiry)> {
+        if !self.is_quiet() {
+            return None;
+        }
+        let head = self.head_since_ms.load(Ordering::Acquire);
+        if head != NONE || self.served.load(Ordering::Acquire) == 0 {
+            let from = if head == NONE { 0 } else { head };
+            return timeouts
+                .client_header
+                .map(|limit| (self.at(from) + limit, Expiry::Header));
+        }
+        let idle = self.idle_since_ms.load(Ordering::Acquire);
+        timeouts
+            .keep_alive
+            .map(|limit| (self.at(idle) + limit, Expiry::Idle))
+    }
+}
+
+/// Serves one connection until its client closes it, a timeout closes it, or shutdown
+/// (`stopping`) ends it. `_slot` is its place under `limits.max_connections`.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Proxy,
+    timeouts: Timeouts,
+    stopping: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    // Responses go out as soon as they are written: no Nagle delay behind a small write.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let activity = Arc::new(Activity::new());
+    let io = Watched {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    let service = ClientService {
+        proxy,
+        peer,
+        activity: activity.clone(),
+        body_idle: timeouts.client_body_idle,
+    };
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut shutting_down = false;
+    let served = loop {
+        let deadline = activity.deadline(&timeouts);
+        let expires = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = connection.as_mut() => break served,
+            () = expires => {
+                // Still expired now (no head began, no request came meanwhile): close.
+                if let Some((at, why)) = activity.deadline(&timeouts) {
+                    if at <= Instant::now() {
+                        tracing::debug!(client = %peer, ?why, "closing the connection: timed out");
+                        return;
+                    }
+                }
+            }
+            () = activity.changed.notified() => {}
+            () = stopping.cancelled(), if !shutting_down => {
+                if activity.is_quiet() {
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// The client's socket, telling its [`Activity`] when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The proxy as hyper sees it, with the client's address.
+#[derive(Clone)]
+struct ClientService {
+    proxy: Proxy,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    body_idle: Option<Duration>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ClientService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.activity.request_started();
+        let in_flight = InFlight(self.activity.clone());
+        let proxy = self.proxy.clone();
+        let client = self.peer.ip();
+        let body_idle = self.body_idle;
+        Box::pin(async move {
+            let request = request.map(|body| Body::new(ClientBody::new(body, body_idle)));
+            let response = proxy.handle(Some(client), request).await;
+            Ok(response.map(|body| {
+                Body::new(Written {
+                    body,
+                    _in_flight: in_flight,
+                })
+            }))
+        })
+    }
+}
+
+/// A request in flight on its connection until dropped: with its response body once that
+/// is written, or early when the request is abandoned.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.response_done();
+    }
+}
+
+/// A response body that holds its request in flight until hyper has written it.
+struct Written {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Written {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
