@@ -51,6 +51,9 @@ pub enum ProxyError {
         retry_after: std::time::Duration,
     },
 
+    #[error("the client closed its side of the connection while its generation waited: it left the queue, and nothing was sent to Forge")]
+    ClientClosedWhileQueued,
+
     #[error("reading the request body failed: {reason}")]
     ClientBody { reason: String },
 
@@ -121,6 +124,7 @@ impl ProxyError {
                 ClientBodyError::Broken(_) => StatusCode::BAD_REQUEST,
             },
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClientClosedWhileQueued => StatusCode::BAD_REQUEST,
             Self::Forward(ForwardError::BodyTooLarge { .. })
             | Self::InspectedBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
@@ -147,6 +151,7 @@ impl ProxyError {
                 ClientBodyError::Broken(_) => "BadRequestBody",
             },
             Self::Busy { .. } => "Busy",
+            Self::ClientClosedWhileQueued => "ClientClosed",
             Self::Forward(ForwardError::BodyTooLarge { .. })
             | Self::InspectedBodyTooLarge { .. } => "PayloadTooLarge",
             Self::UnknownProxyRoute { .. } => "NotFound",

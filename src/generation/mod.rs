@@ -33,7 +33,7 @@ use crate::error::{respond as answer, ProxyError};
 use crate::forward::ForwardError;
 use crate::proxy::observe::request_id;
 use crate::proxy::pass_through;
-use crate::proxy::request::{read_body, Head};
+use crate::proxy::request::{read_body, ClientClosed, Head};
 use crate::proxy::route;
 use crate::state::AppState;
 
@@ -46,6 +46,8 @@ pub use respond::{
 pub struct Generation<'a> {
     pub state: &'a AppState,
     pub client: Caller,
+    /// Cancelled when the client closes its side of the connection.
+    pub closed: Option<ClientClosed>,
     pub route: route::Generation,
     /// The request's head, without `X-Forge-Model-Type`.
     pub head: Head,
@@ -81,6 +83,7 @@ async fn run(
 ) -> Result<Response, ProxyError> {
     let (parts, body) = request.into_parts();
     let head = Head::of(&parts);
+    let closed = parts.extensions.get::<ClientClosed>().cloned();
     let held = read_body(state, &parts.headers, body).await?;
     let bytes = &held.bytes;
     let body = match inspect::inspect(state, route, &head, &bytes) {
@@ -93,6 +96,7 @@ async fn run(
     let generation = Generation {
         state,
         client,
+        closed,
         route,
         request_id: request_id(&head.headers).to_owned(),
         head,
@@ -108,7 +112,15 @@ async fn run(
             .scheduler
             .enqueue(wanted, &generation.client, &exclude)
             .map_err(ProxyError::Refused)?;
-        let (mut grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
+        // A client that closes its side while waiting leaves the queue: nothing reaches
+        // Forge for it (TCP cannot tell a half-close from a client that left).
+        let granted = tokio::select! {
+            granted = ticket.granted() => granted,
+            () = closed_side(generation.closed.as_ref()) => {
+                return Err(ProxyError::ClientClosedWhileQueued);
+            }
+        };
+        let (mut grant, waited) = granted.map_err(ProxyError::Refused)?;
         let backend = grant.backend();
         state
             .metrics
@@ -137,6 +149,14 @@ async fn run(
         let url = &state.backends[backend].config.url;
         tracing::warn!(backend = %url, reason = %reason, "backend failed before the generation was sent: trying another");
         state.scheduler.note_retry();
+    }
+}
+
+/// Completes when the client closes its side of the connection; never without a watch.
+pub async fn closed_side(closed: Option<&ClientClosed>) {
+    match closed {
+        Some(ClientClosed(token)) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

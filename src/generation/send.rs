@@ -27,9 +27,9 @@ use crate::error::ProxyError;
 use crate::forward::ForwardError;
 use crate::generation::prepare::Prepared;
 use crate::generation::respond::Told;
-use crate::generation::Generation;
+use crate::generation::{closed_side, Generation};
 use crate::proxy::pass_through;
-use crate::proxy::request::Chunks;
+use crate::proxy::request::{Chunks, ClientClosed};
 use crate::scheduler::Grant;
 use crate::state::AppState;
 
@@ -50,6 +50,7 @@ pub async fn send(
         told: Told::of(&prepared.plan, prepared.reading.as_ref()),
         leaves_changes: prepared.leaves_changes,
         client: generation.client.clone(),
+        closed: generation.closed.clone(),
         state: state.clone(),
         grant,
     };
@@ -84,6 +85,8 @@ struct Held {
     leaves_changes: bool,
     /// Who sent it: where progress polls go, the credentials of an interrupt.
     client: Caller,
+    /// Cancelled when the client closes its side of the connection.
+    closed: Option<ClientClosed>,
 }
 
 type Answer = oneshot::Sender<Result<Response, ProxyError>>;
@@ -95,9 +98,17 @@ impl Held {
         let forwarded = pass_through::forward_to(&self.state, id, &self.client, request, None);
         tokio::pin!(forwarded);
         let mut gone = false;
+        let closed = closed_side(self.closed.as_ref());
         let result = tokio::select! {
             result = &mut forwarded => result,
             () = answer.closed() => {
+                gone = true;
+                self.client_left().await;
+                forwarded.await
+            }
+            // The client closed its side: it left, or it half-closed and still reads; the
+            // answer goes to it either way.
+            () = closed => {
                 gone = true;
                 self.client_left().await;
                 forwarded.await

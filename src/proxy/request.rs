@@ -123,6 +123,11 @@ fn read_error(error: axum::Error) -> ProxyError {
     }
 }
 
+/// Cancelled when the client closes its side of the connection while its request is in
+/// flight (a request extension the server adds): it left, or it half-closed and still reads.
+#[derive(Clone, Debug)]
+pub struct ClientClosed(pub tokio_util::sync::CancellationToken);
+
 /// A request's method, URI, version and headers, to send it again with a body.
 #[derive(Debug, Clone)]
 pub struct Head {

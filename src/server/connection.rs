@@ -8,6 +8,13 @@
 //! - `timeouts.client_body_idle`: a request body that stalls fails its request with 408
 //!   ([`ClientBody`]).
 //!
+//! A client that closes its sending side after its request (a half-close) still gets its
+//! answer, as HTTP/1.1 allows. TCP cannot tell that from a client that left, so a request
+//! in flight for a while is watched ([`closed_by_client`]): when the client's side closes,
+//! [`ClientClosed`] tells the request's handler, and a generation notes its client as gone
+//! (and, with `on_client_disconnect = "interrupt"`, stops Forge) while its answer is still
+//! written if the client reads it.
+//!
 //! The connection's [`Activity`] tells them apart: bytes read while no request is in
 //! flight start a head; a request handed to the proxy is in flight until its response has
 //! been written (or dropped). On shutdown a connection with nothing in flight (idle, or
@@ -38,6 +45,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::client_body::ClientBody;
+use crate::proxy::request::ClientClosed;
 use crate::proxy::Proxy;
 
 /// The connection timeouts, from `[timeouts]`.
@@ -60,9 +68,19 @@ struct Activity {
     /// Milliseconds after `opened` when the first byte of the next head came; [`NONE`]
     /// while none has.
     head_since_ms: AtomicU64,
+    /// Milliseconds after `opened` when the oldest request in flight started.
+    busy_since_ms: AtomicU64,
     /// Woken when a deadline may have moved (a head began, the last response was written).
     changed: Notify,
+    /// Cancelled when the client closes its side of the connection.
+    closed: CancellationToken,
 }
+
+/// A request in flight this long is watched for its client closing its side.
+const WATCH_AFTER: Duration = Duration::from_millis(200);
+/// While bytes wait in the socket (a body being read, a pipelined request), the watch looks
+/// again this often.
+const WATCH_PAUSE: Duration = Duration::from_millis(100);
 
 const NONE: u64 = u64::MAX;
 
@@ -83,7 +101,9 @@ impl Activity {
             served: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(NONE),
+            busy_since_ms: AtomicU64::new(NONE),
             changed: Notify::new(),
+            closed: CancellationToken::new(),
         }
     }
 
@@ -106,7 +126,10 @@ impl Activity {
     }
 
     fn request_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.busy_since_ms.store(self.now_ms(), Ordering::Release);
+            self.changed.notify_one();
+        }
         self.served.fetch_add(1, Ordering::AcqRel);
         self.head_since_ms.store(NONE, Ordering::Release);
     }
@@ -116,6 +139,15 @@ impl Activity {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.changed.notify_one();
         }
+    }
+
+    /// When the request in flight is to be watched for its client closing its side.
+    fn watch_from(&self) -> Option<Instant> {
+        if self.is_quiet() || self.closed.is_cancelled() {
+            return None;
+        }
+        let since = self.busy_since_ms.load(Ordering::Acquire);
+        (since != NONE).then(|| self.at(since) + WATCH_AFTER)
     }
 
     /// Nothing in flight: idle, or reading a head.
@@ -157,6 +189,9 @@ pub async fn serve(
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let activity = Arc::new(Activity::new());
+    // A second handle on the socket, to see the client close its side while hyper is not
+    // reading (it does not while a request is in flight).
+    let mut watch = Watch::of(&stream);
     let io = Watched {
         inner: stream,
         activity: activity.clone(),
@@ -168,6 +203,7 @@ pub async fn serve(
         body_idle: timeouts.client_body_idle,
     };
     let connection = http1::Builder::new()
+        .half_close(true)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -177,6 +213,19 @@ pub async fn serve(
         let expires = async {
             match deadline {
                 Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let watch_from = activity.watch_from().filter(|_| watch.possible());
+        let client_closes = async {
+            match watch_from {
+                Some(from) => {
+                    tokio::time::sleep_until(from).await;
+                    match watch.socket() {
+                        Some(socket) => closed_by_client(socket).await,
+                        None => std::future::pending().await,
+                    }
+                }
                 None => std::future::pending().await,
             }
         };
@@ -192,6 +241,10 @@ pub async fn serve(
                 }
             }
             () = activity.changed.notified() => {}
+            () = client_closes => {
+                tracing::debug!(client = %peer, "the client closed its side with a request in flight");
+                activity.closed.cancel();
+            }
             () = stopping.cancelled(), if !shutting_down => {
                 if activity.is_quiet() {
                     return;
@@ -203,6 +256,59 @@ pub async fn serve(
     };
     if let Err(e) = served {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Another handle on the client's socket, to watch it while hyper holds the first: taken
+/// at accept, registered with the runtime only when a request is first watched.
+enum Watch {
+    Unused(std::net::TcpStream),
+    Registered(TcpStream),
+    /// The system gave no second handle: no watch.
+    Impossible,
+}
+
+impl Watch {
+    fn of(stream: &TcpStream) -> Self {
+        use std::os::fd::AsFd;
+        match stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => Watch::Unused(std::net::TcpStream::from(fd)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no second handle on the client socket: it is not watched");
+                Watch::Impossible
+            }
+        }
+    }
+
+    fn possible(&self) -> bool {
+        !matches!(self, Watch::Impossible)
+    }
+
+    fn socket(&mut self) -> Option<&TcpStream> {
+        if let Watch::Unused(_) = self {
+            let Watch::Unused(std) = std::mem::replace(self, Watch::Impossible) else {
+                return None;
+            };
+            if let Ok(registered) = TcpStream::from_std(std) {
+                *self = Watch::Registered(registered);
+            }
+        }
+        match self {
+            Watch::Registered(socket) => Some(socket),
+            _ => None,
+        }
+    }
+}
+
+/// Completes when the client has closed its side of the connection (or reset it). Bytes
+/// waiting to be read are a body or a next request: looked at again shortly.
+async fn closed_by_client(socket: &TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        match socket.peek(&mut byte).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(WATCH_PAUSE).await,
+        }
     }
 }
 
@@ -274,11 +380,13 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         self.activity.request_started();
         let in_flight = InFlight(self.activity.clone());
+        let closed = ClientClosed(self.activity.closed.clone());
         let proxy = self.proxy.clone();
         let client = self.peer.ip();
         let body_idle = self.body_idle;
         Box::pin(async move {
-            let request = request.map(|body| Body::new(ClientBody::new(body, body_idle)));
+            let mut request = request.map(|body| Body::new(ClientBody::new(body, body_idle)));
+            request.extensions_mut().insert(closed);
             let response = proxy.handle(Some(client), request).await;
             Ok(response.map(|body| {
                 Body::new(Written {

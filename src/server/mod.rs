@@ -31,6 +31,9 @@ const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Descriptors kept for the listener, log files, NVML and the proxy's own calls.
 const RESERVED_DESCRIPTORS: u64 = 64;
+/// A client connection's descriptors: its socket, the second handle that watches it, and a
+/// backend connection.
+const DESCRIPTORS_PER_CONNECTION: u64 = 3;
 
 /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
 /// finish for at most `timeouts.shutdown_grace`.
@@ -177,8 +180,7 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
 }
 
 /// The descriptors the process may open: the soft limit, raised to the hard limit first.
-/// `max_connections` is lowered to what fits (each client connection may need a backend
-/// connection too), with a warning.
+/// `max_connections` is lowered to what fits, with a warning.
 fn connection_limit(configured: usize) -> usize {
     let descriptors = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
@@ -187,9 +189,11 @@ fn connection_limit(configured: usize) -> usize {
             return configured;
         }
     };
-    let fits = usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS) / 2)
-        .unwrap_or(usize::MAX)
-        .max(1);
+    let fits = usize::try_from(
+        descriptors.saturating_sub(RESERVED_DESCRIPTORS) / DESCRIPTORS_PER_CONNECTION,
+    )
+    .unwrap_or(usize::MAX)
+    .max(1);
     if configured > fits {
         tracing::warn!(
             configured,
