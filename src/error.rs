@@ -54,6 +54,13 @@ pub enum ProxyError {
     #[error("the client closed its side of the connection while its generation waited: it left the queue, and nothing was sent to Forge")]
     ClientClosedWhileQueued,
 
+    /// A request no server should take (RFC 9112).
+    #[error("{reason}")]
+    Malformed { reason: String },
+
+    #[error("{method} is not forwarded: this is a reverse proxy for Forge, not a tunnel")]
+    NotForwarded { method: String },
+
     #[error("reading the request body failed: {reason}")]
     ClientBody { reason: String },
 
@@ -124,7 +131,8 @@ impl ProxyError {
                 ClientBodyError::Broken(_) => StatusCode::BAD_REQUEST,
             },
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::ClientClosedWhileQueued => StatusCode::BAD_REQUEST,
+            Self::ClientClosedWhileQueued | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
+            Self::NotForwarded { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Forward(ForwardError::BodyTooLarge { .. })
             | Self::InspectedBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownProxyRoute { .. } => StatusCode::NOT_FOUND,
@@ -152,6 +160,8 @@ impl ProxyError {
             },
             Self::Busy { .. } => "Busy",
             Self::ClientClosedWhileQueued => "ClientClosed",
+            Self::Malformed { .. } => "BadRequest",
+            Self::NotForwarded { .. } => "MethodNotAllowed",
             Self::Forward(ForwardError::BodyTooLarge { .. })
             | Self::InspectedBodyTooLarge { .. } => "PayloadTooLarge",
             Self::UnknownProxyRoute { .. } => "NotFound",

@@ -28,6 +28,8 @@ pub const CHALLENGE: &str = "Basic realm=\"forge-vram-proxy\"";
 pub struct Caller {
     /// The client's address: the peer's, or the one a trusted proxy names.
     pub addr: Option<IpAddr>,
+    /// The address the connection came from (appended to `X-Forwarded-For`).
+    pub peer: Option<IpAddr>,
     /// The key it presented, when keys are configured.
     pub key: Option<Arc<ClientKey>>,
     /// Without keys: the client's own `Authorization`, carried by the calls made for it.
@@ -36,9 +38,10 @@ pub struct Caller {
 
 impl Caller {
     /// A caller known by its address alone (no keys configured).
-    pub fn anonymous(addr: Option<IpAddr>, headers: &HeaderMap) -> Self {
+    pub fn anonymous(addr: Option<IpAddr>, peer: Option<IpAddr>, headers: &HeaderMap) -> Self {
         Self {
             addr,
+            peer,
             key: None,
             authorization: headers.get(header::AUTHORIZATION).cloned(),
         }
@@ -141,17 +144,27 @@ const GENERATE_POSTS: [&str; 6] = [
     path::SKIP,
 ];
 
+/// The request being let in: who sent it, from where, and what it asks.
+pub struct Knock<'a> {
+    /// The client's address (the peer's, or the one a trusted proxy names) and the peer's.
+    pub addr: Option<IpAddr>,
+    pub peer: Option<IpAddr>,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
 /// Who is calling, and whether they may: `Ok` with the caller, or why not.
-pub fn admit(
-    access: &Access,
-    need: Need,
-    addr: Option<IpAddr>,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Result<Caller, Denied> {
+pub fn admit(access: &Access, need: Need, knock: Knock<'_>) -> Result<Caller, Denied> {
+    let Knock {
+        addr,
+        peer,
+        method,
+        path,
+        headers,
+    } = knock;
     if access.keys.is_empty() {
-        return Ok(Caller::anonymous(addr, headers));
+        return Ok(Caller::anonymous(addr, peer, headers));
     }
     let key = match (need, identify(&access.keys, headers)) {
         (Need::Open, found) => found.ok(),
@@ -171,6 +184,7 @@ pub fn admit(
     };
     Ok(Caller {
         addr,
+        peer,
         key,
         authorization: None,
     })

@@ -40,6 +40,16 @@ fn basic(user: &str, password: &str) -> String {
     format!("Basic {encoded}")
 }
 
+fn knock<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> Knock<'a> {
+    Knock {
+        addr: None,
+        peer: None,
+        method,
+        path,
+        headers,
+    }
+}
+
 fn need_of(method: Method, path: &str) -> Need {
     let routes = vec![
         "/sdapi/v1/txt2img".to_owned(),
@@ -58,8 +68,12 @@ fn need_of(method: Method, path: &str) -> Need {
 fn a_key_is_read_from_bearer_basic_or_x_api_key() {
     let access = access();
     let admitted = |h: HeaderMap| {
-        admit(&access, Need::Role(Role::Read), None, &Method::GET, "/", &h)
-            .map(|c| c.key_name().unwrap().to_owned())
+        admit(
+            &access,
+            Need::Role(Role::Read),
+            knock(&Method::GET, "/", &h),
+        )
+        .map(|c| c.key_name().unwrap().to_owned())
     };
     assert_eq!(
         admitted(headers(&[("authorization", "Bearer generate-key")])).unwrap(),
@@ -101,10 +115,11 @@ fn a_key_given_as_its_sha256_matches_the_key() {
     let caller = admit(
         &access,
         Need::Role(Role::Admin),
-        None,
-        &Method::POST,
-        "/sdapi/v1/options",
-        &headers(&[("x-api-key", "ops-key")]),
+        knock(
+            &Method::POST,
+            "/sdapi/v1/options",
+            &headers(&[("x-api-key", "ops-key")]),
+        ),
     )
     .unwrap();
     assert_eq!(caller.key_name(), Some("ops"));
@@ -115,10 +130,11 @@ fn a_role_too_low_is_told_what_it_needs() {
     let denied = admit(
         &access(),
         Need::Role(Role::Admin),
-        None,
-        &Method::POST,
-        "/sdapi/v1/options",
-        &headers(&[("authorization", "Bearer generate-key")]),
+        knock(
+            &Method::POST,
+            "/sdapi/v1/options",
+            &headers(&[("authorization", "Bearer generate-key")]),
+        ),
     )
     .unwrap_err();
     assert_eq!(
@@ -192,10 +208,11 @@ fn without_keys_every_caller_is_let_in_with_its_own_credentials() {
     let caller = admit(
         &access,
         Need::Role(Role::Admin),
-        None,
-        &Method::POST,
-        "/sdapi/v1/server-kill",
-        &headers(&[("authorization", "Basic dTpw")]),
+        knock(
+            &Method::POST,
+            "/sdapi/v1/server-kill",
+            &headers(&[("authorization", "Basic dTpw")]),
+        ),
     )
     .unwrap();
     assert!(caller.key.is_none());

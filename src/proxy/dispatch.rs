@@ -12,6 +12,7 @@ use tower::ServiceExt;
 
 use crate::access::{self, Caller};
 use crate::error::ProxyError;
+use crate::forward::forwarding::client_address;
 use crate::generation::MODEL_TYPE_HEADER;
 use crate::proxy::observe::observe;
 use crate::proxy::pass_through;
@@ -45,20 +46,27 @@ impl Proxy {
     /// services, request extensions) cost about a tenth of the proxy's CPU time (measured
     /// with `bench/run --only small`).
     pub async fn handle(&self, peer: Option<IpAddr>, request: Request<Body>) -> Response {
+        if let Some(answer) = answered_at_the_door(&request) {
+            return observe(&self.state, "proxy".into(), None, request, |_| async move {
+                answer
+            })
+            .await;
+        }
         let config = &self.state.config;
         let routes = &config.generation_routes;
         let decoded = route::decode(request.uri().path());
         let route = Route::classify_decoded(request.method(), &decoded, routes);
         let need = access::need(route, request.method(), &decoded, routes);
         drop(decoded);
-        let admitted = access::admit(
-            &config.access,
-            need,
+        let client = client_address(peer, request.headers(), &config.access.trusted_proxies);
+        let knock = access::Knock {
+            addr: client,
             peer,
-            request.method(),
-            request.uri().path(),
-            request.headers(),
-        );
+            method: request.method(),
+            path: request.uri().path(),
+            headers: request.headers(),
+        };
+        let admitted = access::admit(&config.access, need, knock);
         let key = admitted
             .as_ref()
             .ok()
@@ -111,6 +119,46 @@ impl Proxy {
     }
 }
 
+/// What every server answers itself rather than forwarding (RFC 9112): a request whose
+/// `Host` is missing or repeated is a 400, `CONNECT` (a tunnel, not this proxy's job) a 405,
+/// `OPTIONS *` (the server's own capabilities) a 200.
+fn answered_at_the_door(request: &Request<Body>) -> Option<Response> {
+    let hosts = request.headers().get_all(http::header::HOST).iter().count();
+    let needs_host = request.version() == http::Version::HTTP_11;
+    if hosts > 1 || (needs_host && hosts == 0) {
+        return Some(
+            ProxyError::Malformed {
+                reason: format!(
+                    "an HTTP/1.1 request carries exactly one Host header (RFC 9112 §3.2); this one has {hosts}"
+                ),
+            }
+            .into_response(),
+        );
+    }
+    if request.method() == http::Method::CONNECT {
+        let mut answer = ProxyError::NotForwarded {
+            method: "CONNECT".to_owned(),
+        }
+        .into_response();
+        answer
+            .headers_mut()
+            .insert(http::header::ALLOW, ALLOW.clone());
+        return Some(answer);
+    }
+    if request.method() == http::Method::OPTIONS && request.uri() == "*" {
+        let mut answer = Response::new(Body::empty());
+        answer
+            .headers_mut()
+            .insert(http::header::ALLOW, ALLOW.clone());
+        return Some(answer);
+    }
+    None
+}
+
+/// The methods the proxy forwards.
+static ALLOW: http::HeaderValue =
+    http::HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,7 +174,10 @@ mod tests {
     async fn an_unknown_proxy_route_is_the_proxys_404_and_never_reaches_a_backend() {
         // The default backend (127.0.0.1:7860) is not running: a forwarded request would be
         // a 502, not this 404.
-        let request = Request::get("/proxy/nope").body(Body::empty()).unwrap();
+        let request = Request::get("/proxy/nope")
+            .header("host", "proxy")
+            .body(Body::empty())
+            .unwrap();
         let response = proxy().await.handle(None, request).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert!(response.headers().contains_key("x-request-id"));
@@ -139,13 +190,17 @@ mod tests {
     async fn a_request_id_sent_by_the_client_is_kept_and_every_request_is_counted() {
         let proxy = proxy().await;
         let request = Request::get("/proxy/health")
+            .header("host", "proxy")
             .header("x-request-id", "client-7")
             .body(Body::empty())
             .unwrap();
         let response = proxy.handle(None, request).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["x-request-id"], "client-7");
-        let request = Request::get("/proxy/metrics").body(Body::empty()).unwrap();
+        let request = Request::get("/proxy/metrics")
+            .header("host", "proxy")
+            .body(Body::empty())
+            .unwrap();
         let metrics = proxy.handle(None, request).await.into_body();
         let metrics = metrics.collect().await.unwrap().to_bytes();
         let metrics = String::from_utf8_lossy(&metrics);

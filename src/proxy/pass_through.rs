@@ -118,7 +118,7 @@ pub async fn forward_to(
     let forwarding = Forwarding {
         backend: config,
         timeout,
-        client_ip: client.addr,
+        client_ip: client.peer,
     };
     let result = state
         .forwarder
