@@ -69,7 +69,7 @@ async fn set_options(
     let head = Head::of(&parts);
     let held = read_body(state, &parts.headers, body).await?;
     let bytes = &held.bytes;
-    let Some(mut changes) = read_changes(&head, &bytes) else {
+    let Some(mut changes) = read_changes(&head, bytes) else {
         let request = head.request(head.headers.clone(), Body::from(bytes.clone()));
         return Ok(pass_through::forward(state, client, request, Follow::Any).await);
     };
@@ -88,7 +88,7 @@ async fn set_options(
         state,
         client,
         head: &head,
-        original: &bytes,
+        original: bytes,
         posted,
     };
 

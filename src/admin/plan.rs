@@ -42,7 +42,7 @@ pub async fn plan(
     let head = Head::of(&parts);
     let held = read_body(&state, &parts.headers, body).await?;
     let bytes = &held.bytes;
-    let body = match GenerationBody::read(head.content_type(), &bytes) {
+    let body = match GenerationBody::read(head.content_type(), bytes) {
         Ok(body) => body,
         Err(unread) => {
             return Ok(Json(json!({

@@ -449,6 +449,18 @@ mod tests {
     }
 
     #[test]
+    fn backend_url_with_credentials_is_refused_without_showing_them() {
+        let err = from_toml_str("[[backends]]\nurl = \"http://forge:hunter2@gpu:7860/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config key `backends[0].url`: \"http://***@gpu:7860/\" is not valid: expected a URL without credentials: give Forge's --api-auth pair as backends[0].auth = \"user:password\""
+        );
+        assert!(!err.contains("hunter2"));
+    }
+
+    #[test]
     fn backend_path_prefix_is_kept_without_trailing_slash() {
         let config = from_toml_str("[[backends]]\nurl = \"http://gpu:7860/forge/\"\n").unwrap();
         assert_eq!(config.backends[0].base_path, "/forge");

@@ -337,6 +337,21 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(digest)
 }
 
+/// `url` with whatever stands before an `@` in its authority replaced by `***`.
+pub(super) fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_owned(),
+        };
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// User profiles first (so they win over the catch-all `sd15`), then the embedded ones;
 /// a user profile named like an embedded one takes its place instead.
 fn effective_profiles(user: &[RawProfile]) -> Vec<RawProfile> {
@@ -430,25 +445,34 @@ impl BackendConfig {
     fn parse(index: usize, raw: &RawBackend) -> Result<Self, ConfigError> {
         let key = format!("backends[{index}].url");
         let expected = "an http URL like http://127.0.0.1:7860";
+        // The URL as messages show it: never a password written into it.
+        let shown = redacted_url(&raw.url);
         let uri: Uri = raw
             .url
             .parse()
-            .map_err(|_| invalid(&key, &raw.url, expected))?;
+            .map_err(|_| invalid(&key, &shown, expected))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(invalid(&key, &raw.url, expected));
+            return Err(invalid(&key, &shown, expected));
         };
+        if authority.as_str().contains('@') {
+            return Err(invalid(
+                &key,
+                &shown,
+                &format!("a URL without credentials: give Forge's --api-auth pair as backends[{index}].auth = \"user:password\""),
+            ));
+        }
         if scheme != &Scheme::HTTP {
             return Err(invalid(
                 &key,
-                &raw.url,
+                &shown,
                 "an http:// URL (https backends are not supported)",
             ));
         }
         if uri.query().is_some() {
-            return Err(invalid(&key, &raw.url, "a URL without a query string"));
+            return Err(invalid(&key, &shown, "a URL without a query string"));
         }
         let host = http::HeaderValue::from_str(authority.as_str())
-            .map_err(|_| invalid(&key, &raw.url, expected))?;
+            .map_err(|_| invalid(&key, &shown, expected))?;
         Ok(Self {
             scheme: scheme.clone(),
             authority: authority.clone(),

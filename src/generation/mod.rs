@@ -86,7 +86,7 @@ async fn run(
     let closed = parts.extensions.get::<ClientClosed>().cloned();
     let held = read_body(state, &parts.headers, body).await?;
     let bytes = &held.bytes;
-    let body = match inspect::inspect(state, route, &head, &bytes) {
+    let body = match inspect::inspect(state, route, &head, bytes) {
         inspect::Inspected::Managed(body) => body,
         inspect::Inspected::LeftToForge => {
             let request = head.request(head.headers.clone(), Body::from(bytes.clone()));
@@ -100,7 +100,7 @@ async fn run(
         route,
         request_id: request_id(&head.headers).to_owned(),
         head,
-        bytes: &bytes,
+        bytes,
         body,
         // Any bytes count: a value that is not ASCII names no profile, and is refused.
         model_type: model_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
