@@ -10,6 +10,9 @@
 //! another checkpoint carries the new profile's memory in the same call. A name Forge does
 //! not know goes to Forge as posted, which answers its 500, and the proxy adds nothing.
 
+use std::sync::Arc;
+
+use crate::config::Config;
 use axum::body::Body;
 use axum::response::Response;
 use forge_schema::body::{self as python, NonFinite, RawObject};
@@ -74,7 +77,8 @@ async fn set_options(
         return Ok(pass_through::forward(state, client, request, Follow::Any).await);
     };
     let posted = changes.clone();
-    let rule = state.config.memory.client_memory_options;
+    let config = state.config();
+    let rule = config.memory.client_memory_options;
     let stripped = ClientMemory::judge(rule, &changes, Place::OptionsCall)?
         .stripped()
         .to_vec();
@@ -86,6 +90,7 @@ async fn set_options(
     }
     let call = Call {
         state,
+        config,
         client,
         head: &head,
         original: bytes,
@@ -106,7 +111,7 @@ async fn set_options(
     let mut first = None;
     for id in targets {
         let answer = call.apply_to(id, changes.clone()).await;
-        let url = &state.backends[id].config.url;
+        let url = state.backends.get(id).config.url.clone();
         match (&first, answer) {
             (None, answer) => first = Some(answer),
             (Some(_), Ok(response)) if !response.status().is_success() => {
@@ -138,6 +143,8 @@ struct Change<'a> {
 /// One client's options call, sent to each backend in turn.
 struct Call<'a> {
     state: &'a AppState,
+    /// The configuration as the call arrived.
+    config: Arc<Config>,
     client: &'a Caller,
     head: &'a Head,
     /// The client's body, sent as it is when the proxy changes nothing in it.
@@ -154,7 +161,7 @@ impl Call<'_> {
         mut changes: Map<String, Value>,
     ) -> Result<Response, ProxyError> {
         let state = self.state;
-        let backend = &state.backends[id];
+        let backend = &*state.backends.get(id);
         let reader = Forge::reading_for(&state.forwarder, &backend.config, self.client);
         let name = changes
             .get(key::CHECKPOINT)
@@ -177,9 +184,11 @@ impl Call<'_> {
         let profile = named
             .as_ref()
             .and_then(Named::matchable)
-            .and_then(|title| profile::profile_for_checkpoint(&state.config.profiles, title));
+            .and_then(|title| profile::profile_for_checkpoint(&self.config.profiles, title));
 
-        let ticket = state.scheduler.enqueue_on(id, profile, self.client);
+        let ticket = state
+            .scheduler
+            .enqueue_on_as(&self.config, id, profile, self.client);
         let (mut grant, waited) = ticket.granted().await.map_err(ProxyError::Refused)?;
         state
             .metrics
@@ -215,7 +224,7 @@ impl Call<'_> {
 
     /// A call that leaves the checkpoint as it is: sent as posted (less the keys dropped).
     async fn change_options(&self, change: Change<'_>) -> Result<Response, ProxyError> {
-        let backend = &self.state.backends[change.id];
+        let backend = &*self.state.backends.get(change.id);
         let sent = change.changes.clone();
         let response = self.send(change.id, change.changes).await?;
         if response.status().is_success() {
@@ -235,7 +244,7 @@ impl Call<'_> {
         reader: &Forge<'_>,
     ) -> Result<Response, ProxyError> {
         let state = self.state;
-        let backend = &state.backends[change.id];
+        let backend = &*state.backends.get(change.id);
         let reading = read_vram(state, backend, reader).await;
         let name = change.changes.get(key::CHECKPOINT).cloned();
         let probe = serde_json::json!({"override_settings": {"sd_model_checkpoint": name}});
@@ -245,7 +254,7 @@ impl Call<'_> {
                 reason: "cannot describe the checkpoint change".to_owned(),
             })?;
         let plan = plan::plan(
-            &state.config,
+            &self.config,
             &Inputs {
                 model_type: None,
                 body: &body,
@@ -276,8 +285,8 @@ impl Call<'_> {
         let decision = Decision::of(&plan, asked, &backend.config.url, reading);
         if response.status().is_success() {
             backend.applied(&sent);
-            let had = grant.planned(plan.profile);
-            note_profile(state, backend, &plan, had);
+            let had = grant.planned_as(&self.config, plan.profile);
+            note_profile(state, &self.config, backend, &plan, had);
             state
                 .metrics
                 .options_call(&backend.config.url, plan.outcome, plan.reason);
@@ -312,7 +321,6 @@ impl Call<'_> {
         };
         let request = self.head.request(headers, Body::from(body));
         let timeout = self
-            .state
             .config
             .pass_through_timeout(crate::backend::forge::path::OPTIONS);
         pass_through::forward_to(self.state, id, self.client, request, timeout).await

@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use forge_vram_proxy::backend::nvml::{format_gpus, Nvml};
 use forge_vram_proxy::config::{self, OverrideLog, Overrides};
 use forge_vram_proxy::proxy::observe::init_tracing;
-use forge_vram_proxy::server::{check_health, shutdown_signal};
+use forge_vram_proxy::server::reload::Source;
+use forge_vram_proxy::server::{check_health, run_reloading, shutdown_signal};
 use forge_vram_proxy::Config;
 
 /// A reverse proxy for Stable Diffusion WebUI Forge that sets GPU memory per model.
@@ -109,7 +110,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Health) => {
             let timeout = std::time::Duration::from_secs(3);
-            match runtime.block_on(check_health(config.listen, timeout)) {
+            match runtime.block_on(check_health(config.listen, config.tls.is_some(), timeout)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("forge-vram-proxy: unhealthy: {e}");
@@ -119,12 +120,13 @@ fn main() -> ExitCode {
         }
         None => {
             init_tracing(config.log_format, &config.log_level);
-            runtime.block_on(serve(config))
+            let source = Source { file, overrides };
+            runtime.block_on(serve(config, source))
         }
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, source: Source) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -137,8 +139,9 @@ async fn serve(config: Config) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let backends: Vec<&str> = config.backends.iter().map(|b| b.url.as_str()).collect();
-    tracing::info!(addr = %addr, backends = ?backends, "listening");
-    match forge_vram_proxy::run(listener, config, shutdown_signal()).await {
+    let tls = config.tls.is_some();
+    tracing::info!(addr = %addr, backends = ?backends, tls, "listening");
+    match run_reloading(listener, config, shutdown_signal(), source).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

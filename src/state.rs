@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -10,7 +12,7 @@ use crate::admin::metrics::Metrics;
 use crate::backend::nvml::{Nvml, NvmlError};
 use crate::backend::vram::VramSource;
 use crate::backend::{Backend, Backends};
-use crate::config::Config;
+use crate::config::{BackendConfig, BackendId, Config};
 use crate::forward::upgrade::Tunnels;
 use crate::forward::Forwarder;
 use crate::proxy::request::InspectBudget;
@@ -30,7 +32,12 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The configuration in force; a reload replaces it ([`AppState::config`]).
+    config: ArcSwap<Config>,
+    /// When it was loaded, and from where: `/proxy/status` shows them.
+    pub loaded: ArcSwap<Loaded>,
+    /// NVML as loaded at start (a reload probes new backends' GPUs with it).
+    pub nvml: Result<Nvml, String>,
     pub forwarder: Forwarder,
     pub backends: Backends,
     pub decisions: Arc<Decisions>,
@@ -60,32 +67,15 @@ impl AppState {
                 Err(e) => Err(NvmlError::Interrupted(e.to_string()).to_string()),
             };
         let nvml_error = nvml.as_ref().err().cloned();
+        let probe = nvml.clone();
         if let Some(reason) = &nvml_error {
             tracing::warn!(
                 reason = %reason,
                 "NVML is not available: VRAM is read from each backend's /sdapi/v1/memory"
             );
         }
-        let backends: Vec<Backend> = {
-            let nvml = nvml.clone();
-            let configs: Vec<_> = config.backend_ids().zip(config.backends.clone()).collect();
-            tokio::task::spawn_blocking(move || {
-                configs
-                    .into_iter()
-                    .map(|(id, backend)| {
-                        let vram = VramSource::choose(&backend, &nvml);
-                        if let VramSource::Backend { why } = &vram {
-                            if nvml.is_ok() {
-                                tracing::warn!(backend = %backend.url, reason = %why, "not using NVML for this backend");
-                            }
-                        }
-                        Backend::new(id, backend, vram)
-                    })
-                    .collect()
-            })
-            .await
-            .map_err(|e| std::io::Error::other(format!("probing the backends' GPUs failed: {e}")))?
-        };
+        let configs: Vec<_> = config.backend_ids().zip(config.backends.clone()).collect();
+        let backends = probe_backends(configs, &probe).await?;
         let config = Arc::new(config);
         let work = TaskTracker::new();
         let stopping = CancellationToken::new();
@@ -93,13 +83,15 @@ impl AppState {
             tracker: work.clone(),
             stop: stopping.clone(),
         };
-        let forwarder = Forwarder::new(&config, tunnels);
+        let forwarder = Forwarder::new(&config, tunnels).map_err(std::io::Error::other)?;
         let metrics = Metrics::new();
         let scheduler = Scheduler::new(config.clone(), metrics.clone());
         let inspect_budget = InspectBudget::new(config.max_inspected_total);
         Ok(Self(Arc::new(Shared {
             inspect_budget,
-            config,
+            config: ArcSwap::new(config),
+            loaded: ArcSwap::from_pointee(Loaded::now(None)),
+            nvml: probe,
             forwarder,
             backends: Backends::new(backends),
             decisions: Arc::default(),
@@ -109,5 +101,81 @@ impl AppState {
             work,
             stopping,
         })))
+    }
+}
+
+impl AppState {
+    /// The configuration in force. A request takes it once and keeps it: a reload meanwhile
+    /// does not change its rules halfway.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts `config` in force (after the scheduler and the backends have taken it).
+    pub fn install(&self, config: Arc<Config>, file: Option<std::path::PathBuf>) {
+        self.config.store(config);
+        self.loaded.store(Arc::new(Loaded::now(file)));
+    }
+}
+
+/// When the configuration in force was loaded, and from which file.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub at: std::time::SystemTime,
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl Loaded {
+    fn now(file: Option<std::path::PathBuf>) -> Self {
+        Loaded {
+            at: std::time::SystemTime::now(),
+            file,
+        }
+    }
+}
+
+/// Each backend's VRAM source, chosen off the async threads (NVML calls block); says why
+/// NVML is not used for one where it is loaded but cannot serve that backend.
+pub async fn probe_backends(
+    configs: Vec<(BackendId, BackendConfig)>,
+    nvml: &Result<Nvml, String>,
+) -> std::io::Result<Vec<Backend>> {
+    let nvml = nvml.clone();
+    tokio::task::spawn_blocking(move || {
+        configs
+            .into_iter()
+            .map(|(id, backend)| {
+                let vram = VramSource::choose(&backend, &nvml);
+                if let VramSource::Backend { why } = &vram {
+                    if nvml.is_ok() {
+                        tracing::warn!(backend = %backend.url, reason = %why, "not using NVML for this backend");
+                    }
+                }
+                Backend::new(id, backend, vram)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| std::io::Error::other(format!("probing the backends' GPUs failed: {e}")))
+}
+
+/// Changes the permits of `semaphore` from `from` to `to`: more are available at once; fewer
+/// as those in use come back.
+pub fn resize(semaphore: &Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
+    if to >= from {
+        semaphore.add_permits(to - from);
+        return;
+    }
+    let excess = from - to;
+    let forgotten = semaphore.forget_permits(excess);
+    if let Ok(rest) = u32::try_from(excess - forgotten) {
+        if rest > 0 {
+            let semaphore = semaphore.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(rest).await {
+                    permits.forget();
+                }
+            });
+        }
     }
 }

@@ -78,6 +78,11 @@ struct GpuLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     backend: String,
 }
@@ -115,6 +120,7 @@ struct Inner {
     clients_gone: Counter,
     connections_refused: Counter,
     inspect_refused: Counter,
+    config_reloads: Family<ReloadLabels, Counter>,
 }
 
 fn generation_histogram() -> Histogram {
@@ -153,6 +159,7 @@ impl Metrics {
             clients_gone: registered(&mut r, "clients_gone", "Generations whose client went away before Forge answered; the backend stayed held until it had", Counter::default()),
             connections_refused: registered(&mut r, "connections_refused", "Client connections refused at limits.max_connections", Counter::default()),
             inspect_refused: registered(&mut r, "inspect_refused", "Request bodies refused at limits.max_inspected_total (503 Busy)", Counter::default()),
+            config_reloads: registered(&mut r, "config_reloads", "Configuration reloads on SIGHUP, by result: ok, or error (the running configuration stayed)", Family::default()),
             registry: r,
         };
         Self {
@@ -215,6 +222,14 @@ impl Metrics {
     /// A body refused at `limits.max_inspected_total`.
     pub fn inspect_refused(&self) {
         self.inner.inspect_refused.inc();
+    }
+
+    /// A configuration reload: `ok`, or `error` (nothing changed).
+    pub fn config_reload(&self, result: &'static str) {
+        self.inner
+            .config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// A generation's client went away before Forge answered.

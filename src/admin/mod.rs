@@ -44,13 +44,15 @@ async fn ready(State(state): State<AppState>) -> Response {
     let status = state.scheduler.snapshot();
     let backends: Vec<serde_json::Value> = state
         .backends
+        .all()
         .iter()
         .zip(&status.backends)
+        .filter(|(_, lane)| !lane.retired)
         .map(|(backend, lane)| {
             json!({"url": backend.config.url, "healthy": lane.healthy, "health": lane.health})
         })
         .collect();
-    let (code, word) = if status.backends.iter().any(|l| l.healthy) {
+    let (code, word) = if status.backends.iter().any(|l| l.healthy && !l.retired) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

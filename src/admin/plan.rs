@@ -30,7 +30,7 @@ pub async fn plan(
 ) -> Result<Json<Value>, ProxyError> {
     let (parts, body) = request.into_parts();
     let path = format!("/sdapi/v1/{route}");
-    if !state.config.generation_routes.contains(&path) {
+    if !state.config().generation_routes.contains(&path) {
         return Err(ProxyError::UnknownProxyRoute {
             path: parts.uri.path().to_owned(),
         });
@@ -64,7 +64,7 @@ pub async fn plan(
         .ids()
         .find(|id| state.scheduler.is_healthy(*id))
         .unwrap_or(BackendId(0));
-    let backend = &state.backends[id];
+    let backend = &*state.backends.get(id);
     let forge = Forge::for_client(&state.forwarder, &backend.config, &client);
     let current = current_options(&state, backend, &forge).await?;
     let reader = Forge::reading_for(&state.forwarder, &backend.config, &client);
@@ -74,7 +74,7 @@ pub async fn plan(
         .await;
     let reading = read_vram(&state, backend, &reader).await;
     let plan = plan::plan(
-        &state.config,
+        &state.config(),
         &Inputs {
             model_type: model_type.as_deref(),
             body: &body,

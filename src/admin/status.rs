@@ -18,10 +18,14 @@ pub async fn status(
     Extension(client): Extension<Caller>,
 ) -> Json<Value> {
     let scheduler = state.scheduler.snapshot();
+    let config = state.config();
     let backends: Vec<Value> = state
         .backends
+        .all()
         .iter()
         .zip(&scheduler.backends)
+        // A backend a reload removed shows until it has finished its work.
+        .filter(|(_, lane)| !lane.retired || lane.running.is_some() || !lane.queue.is_empty())
         .map(|(backend, lane)| {
             let view = backend.view();
             let option = |key: &str| view.options.as_ref().and_then(|o| o.get(key).cloned());
@@ -43,6 +47,7 @@ pub async fn status(
                 "queue_length": lane.queue.len(),
                 "healthy": lane.healthy,
                 "health": lane.health,
+                "retired": lane.retired,
                 "credentials": view.credentials.as_str(),
                 "loaded_profile": lane.loaded_profile,
                 "running": lane.running,
@@ -50,13 +55,18 @@ pub async fn status(
                 "serves": if backend.config.profiles.is_empty() {
                     Value::String("all".to_owned())
                 } else {
-                    backend.config.profiles.iter().map(|p| Value::String(state.config.profile(*p).name.clone())).collect()
+                    backend.config.profiles.iter().map(|p| Value::String(config.profile(*p).name.clone())).collect()
                 },
                 "weight": backend.config.weight,
             })
         })
         .collect();
+    let loaded = state.loaded.load();
     Json(json!({
+        "config": {
+            "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
+            "file": loaded.file,
+        },
         "nvml": {"available": state.nvml_error.is_none(), "error": state.nvml_error},
         "backends": backends,
         "scheduler": {

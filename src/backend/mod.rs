@@ -13,6 +13,8 @@ pub mod nvml;
 pub mod vram;
 
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -33,36 +35,34 @@ pub struct Backend {
     catalog: Mutex<CatalogCache>,
 }
 
-/// Every backend, in configuration order, by id.
-pub struct Backends(Vec<Backend>);
+/// Every backend, by id: those of the configuration in its order, then those a reload
+/// added. A reload replaces the list whole; a request holds the [`Backend`] it took.
+pub struct Backends(ArcSwap<Vec<Arc<Backend>>>);
 
 impl Backends {
     pub fn new(backends: Vec<Backend>) -> Self {
-        Backends(backends)
+        Backends(ArcSwap::from_pointee(
+            backends.into_iter().map(Arc::new).collect(),
+        ))
     }
 
-    pub fn iter(&self) -> std::slice::Iter<'_, Backend> {
-        self.0.iter()
+    pub fn get(&self, id: BackendId) -> Arc<Backend> {
+        self.0.load()[id.0].clone()
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
+    /// The list as it is now.
+    pub fn all(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.0.load_full()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    pub fn ids(&self) -> impl Iterator<Item = BackendId> + use<> {
+        (0..self.0.load().len()).map(BackendId)
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = BackendId> {
-        (0..self.0.len()).map(BackendId)
-    }
-}
-
-impl std::ops::Index<BackendId> for Backends {
-    type Output = Backend;
-
-    fn index(&self, id: BackendId) -> &Backend {
-        &self.0[id.0]
+    /// After a reload: `backends` keeps every id of the list it replaces.
+    pub fn replace(&self, backends: Vec<Arc<Backend>>) {
+        debug_assert!(backends.len() >= self.0.load().len());
+        self.0.store(Arc::new(backends));
     }
 }
 
@@ -128,6 +128,22 @@ impl Backend {
             view: Mutex::new(View::default()),
             catalog: Mutex::new(CatalogCache::default()),
         }
+    }
+
+    /// This backend's new configuration (a reload) starting from what the proxy knew under
+    /// the old one: its catalog and last reading; its options are read again before use.
+    pub fn taking_over(self, old: &Backend) -> Self {
+        let mut view = old.view();
+        view.options = None;
+        *self.lock_view() = view;
+        {
+            let old = lock(&old.catalog);
+            let mut cache = lock(&self.catalog);
+            cache.catalog.clone_from(&old.catalog);
+            cache.read_at = old.read_at;
+            cache.stale = old.stale;
+        }
+        self
     }
 
     /// The catalog as last read, if it was.

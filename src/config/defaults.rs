@@ -105,6 +105,7 @@ impl Default for RawConfig {
             scheduler: RawScheduler::default(),
             health: RawHealth::default(),
             access: RawAccess::default(),
+            tls: RawTls::default(),
             profiles: Vec::new(),
         }
     }
@@ -156,6 +157,8 @@ impl Default for RawBackend {
             auth: None,
             profiles: Vec::new(),
             weight: 1.0,
+            tls_ca_file: None,
+            tls_insecure_skip_verify: false,
         }
     }
 }

@@ -14,6 +14,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -51,6 +52,8 @@ pub struct Config {
     pub health: Health,
     /// Client keys and trusted proxies.
     pub access: Access,
+    /// The listener's certificate and key, when it speaks HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Embedded and configured profiles, in matching order.
     pub profiles: Vec<Profile>,
     /// Index of `memory.default_profile` in `profiles`.
@@ -143,7 +146,7 @@ impl std::fmt::Display for BackendId {
 }
 
 /// One backend as configured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     /// Scheme and authority; a path prefix, when the URL has one, is in `base_path`.
     pub scheme: Scheme,
@@ -162,6 +165,31 @@ pub struct BackendConfig {
     /// Indexes into `Config::profiles`; empty: every profile.
     pub profiles: Vec<ProfileId>,
     pub weight: f64,
+    /// How an `https://` backend's certificate is checked.
+    pub tls: BackendTls,
+}
+
+/// The crypto provider of every TLS connection, listener and backends: *ring*, which builds
+/// with nothing but a C compiler (no CMake), at the price of no post-quantum key exchange.
+pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// How the proxy checks an `https://` backend's certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendTls {
+    /// An `http://` backend.
+    Off,
+    /// Against the system's roots.
+    SystemRoots,
+    /// Against the certificates of `tls_ca_file` (read when the configuration was loaded).
+    CaFile {
+        path: std::path::PathBuf,
+        roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    },
+    /// Not at all (`tls_insecure_skip_verify`).
+    SkipVerify,
 }
 
 impl BackendConfig {
@@ -376,6 +404,13 @@ impl Config {
         &self.profiles[id.0]
     }
 
+    pub fn profile_named(&self, name: &str) -> Option<ProfileId> {
+        self.profiles
+            .iter()
+            .position(|p| p.name == name)
+            .map(ProfileId)
+    }
+
     /// The most the proxy reads into memory of a body it inspects: the smaller limit.
     pub fn inspect_limit(&self) -> u64 {
         self.max_inspected_body.min(self.max_request_body)
@@ -440,11 +475,46 @@ mod tests {
     }
 
     #[test]
-    fn https_backend_is_refused_with_reason() {
-        let err = from_toml_str("[[backends]]\nurl = \"https://gpu:7860\"\n").unwrap_err();
+    fn backend_schemes_other_than_http_and_https_are_refused() {
+        let err = from_toml_str("[[backends]]\nurl = \"ftp://gpu:7860\"\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "config key `backends[0].url`: \"https://gpu:7860\" is not valid: expected an http:// URL (https backends are not supported)"
+            "config key `backends[0].url`: \"ftp://gpu:7860\" is not valid: expected an http:// or https:// URL like http://127.0.0.1:7860"
+        );
+        let config = from_toml_str("[[backends]]\nurl = \"https://gpu:7860\"\n").unwrap();
+        assert_eq!(config.backends[0].tls, BackendTls::SystemRoots);
+    }
+
+    #[test]
+    fn tls_keys_of_a_backend_must_fit_its_url() {
+        let err = |toml: &str| from_toml_str(toml).unwrap_err().to_string();
+        assert_eq!(
+            err("[[backends]]\nurl = \"http://gpu:7860\"\ntls_insecure_skip_verify = true\n"),
+            "config key `backends[0].tls_insecure_skip_verify`: \"true\" is not valid: expected false for an http:// backend (use an https:// URL)"
+        );
+        assert_eq!(
+            err("[[backends]]\nurl = \"http://gpu:7860\"\ntls_ca_file = \"ca.pem\"\n"),
+            "config key `backends[0].tls_ca_file`: \"ca.pem\" is not valid: expected no tls_ca_file for an http:// backend (use an https:// URL)"
+        );
+        assert_eq!(
+            err("[[backends]]\nurl = \"https://gpu:7860\"\ntls_ca_file = \"ca.pem\"\ntls_insecure_skip_verify = true\n"),
+            "config key `backends[0].tls_ca_file`: \"ca.pem\" is not valid: expected either tls_ca_file or tls_insecure_skip_verify, not both"
+        );
+        let missing = err("[[backends]]\nurl = \"https://gpu:7860\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n");
+        assert!(
+            missing.starts_with("config key `backends[0].tls_ca_file`: \"/nonexistent/ca.pem\" is not valid: expected a readable PEM file of certificates"),
+            "{missing}"
+        );
+        let config = from_toml_str("[[backends]]\nurl = \"https://gpu:7860\"\ntls_insecure_skip_verify = true\n").unwrap();
+        assert_eq!(config.backends[0].tls, BackendTls::SkipVerify);
+    }
+
+    #[test]
+    fn the_listener_needs_both_tls_files() {
+        let err = from_toml_str("[tls]\ncert_file = \"cert.pem\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `tls.key_file`: \"(missing)\" is not valid: expected a PEM private key file with tls.cert_file"
         );
     }
 

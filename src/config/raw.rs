@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub health: RawHealth,
     /// Who may call the proxy: client keys with roles.
     pub access: RawAccess,
+    /// HTTPS for the proxy's own port.
+    pub tls: RawTls,
     /// Profiles added to, or replacing by name, the embedded `flux`, `sdxl` and `sd15`.
     pub profiles: Vec<RawProfile>,
 }
@@ -50,6 +52,24 @@ pub struct RawBackend {
     pub profiles: Vec<String>,
     /// Relative speed: a backend with weight 2 is expected to finish in half the time.
     pub weight: f64,
+    /// For an `https://` backend: a PEM file of the certificates to trust instead of the
+    /// system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
+    /// For an `https://` backend: accept any certificate (tests, self-signed set-ups).
+    pub tls_insecure_skip_verify: bool,
+}
+
+/// The `[tls]` section: the proxy listens with HTTPS when both files are given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain, the server's certificate first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

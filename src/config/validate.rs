@@ -2,6 +2,7 @@
 //! the key and the value it refuses and what it expected.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -11,8 +12,8 @@ use http::Uri;
 use crate::config::defaults::*;
 use crate::config::raw::*;
 use crate::config::{
-    Access, BackendConfig, ClientKey, Config, ConfigError, Health, Memory, Profile, ProfileId,
-    Scheduler, Timeouts,
+    Access, BackendConfig, BackendTls, ClientKey, Config, ConfigError, Health, Memory, Profile,
+    ProfileId, Scheduler, Timeouts,
 };
 use crate::decide::policy::MemoryPolicy;
 use crate::decide::profile::Pattern;
@@ -65,6 +66,7 @@ impl TryFrom<RawConfig> for Config {
             scheduler: scheduler(&raw.scheduler)?,
             health: health(&raw.health)?,
             access: access(&raw.access)?,
+            tls: listener_tls(&raw.tls)?,
             profiles,
             default_profile,
             raw,
@@ -444,7 +446,7 @@ impl Profile {
 impl BackendConfig {
     fn parse(index: usize, raw: &RawBackend) -> Result<Self, ConfigError> {
         let key = format!("backends[{index}].url");
-        let expected = "an http URL like http://127.0.0.1:7860";
+        let expected = "an http:// or https:// URL like http://127.0.0.1:7860";
         // The URL as messages show it: never a password written into it.
         let shown = redacted_url(&raw.url);
         let uri: Uri = raw
@@ -461,13 +463,10 @@ impl BackendConfig {
                 &format!("a URL without credentials: give Forge's --api-auth pair as backends[{index}].auth = \"user:password\""),
             ));
         }
-        if scheme != &Scheme::HTTP {
-            return Err(invalid(
-                &key,
-                &shown,
-                "an http:// URL (https backends are not supported)",
-            ));
+        if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
+            return Err(invalid(&key, &shown, expected));
         }
+        let tls = backend_tls(index, raw, scheme == &Scheme::HTTPS)?;
         if uri.query().is_some() {
             return Err(invalid(&key, &shown, "a URL without a query string"));
         }
@@ -507,8 +506,102 @@ impl BackendConfig {
                 ));
             },
             vram: raw.vram_source,
+            tls,
         })
     }
+}
+
+/// How an `https://` backend's certificate is checked; the TLS keys of an `http://` one are
+/// refused (they would do nothing).
+fn backend_tls(index: usize, raw: &RawBackend, https: bool) -> Result<BackendTls, ConfigError> {
+    let ca_key = format!("backends[{index}].tls_ca_file");
+    match (&raw.tls_ca_file, raw.tls_insecure_skip_verify) {
+        (Some(_), true) => Err(invalid(
+            &ca_key,
+            raw.tls_ca_file.as_deref().unwrap_or_default(),
+            "either tls_ca_file or tls_insecure_skip_verify, not both",
+        )),
+        (Some(path), false) if !https => Err(invalid(
+            &ca_key,
+            path,
+            "no tls_ca_file for an http:// backend (use an https:// URL)",
+        )),
+        (None, true) if !https => Err(invalid(
+            format!("backends[{index}].tls_insecure_skip_verify"),
+            true,
+            "false for an http:// backend (use an https:// URL)",
+        )),
+        _ if !https => Ok(BackendTls::Off),
+        (None, true) => Ok(BackendTls::SkipVerify),
+        (None, false) => Ok(BackendTls::SystemRoots),
+        (Some(path), false) => {
+            let roots = read_certificates(path).map_err(|e| invalid(&ca_key, path, &e))?;
+            Ok(BackendTls::CaFile {
+                path: path.into(),
+                roots,
+            })
+        }
+    }
+}
+
+/// The certificates of a PEM file, at least one.
+fn read_certificates(path: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("a readable PEM file of certificates ({e})"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a PEM file of certificates ({e})"))?;
+    if certificates.is_empty() {
+        return Err("a PEM file with at least one CERTIFICATE block".to_owned());
+    }
+    Ok(certificates)
+}
+
+/// `[tls]`: both files or neither; the key must match the certificate.
+fn listener_tls(raw: &RawTls) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    let (cert_file, key_file) = match (&raw.cert_file, &raw.key_file) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            return Err(invalid(
+                "tls.key_file",
+                "(missing)",
+                "a PEM private key file with tls.cert_file",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "tls.cert_file",
+                "(missing)",
+                "a PEM certificate file with tls.key_file",
+            ))
+        }
+    };
+    let chain =
+        read_certificates(cert_file).map_err(|e| invalid("tls.cert_file", cert_file, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        invalid(
+            "tls.key_file",
+            key_file,
+            &format!("a readable PEM private key ({e})"),
+        )
+    })?;
+    let provider = crate::config::tls_provider();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| {
+            invalid(
+                "tls.key_file",
+                key_file,
+                &format!("the private key of tls.cert_file's certificate ({e})"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 /// `"off"` means no limit; anything else is a humantime duration such as `"30s"` or `"2m"`.

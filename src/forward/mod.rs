@@ -8,6 +8,7 @@
 pub mod client_body;
 pub mod forwarding;
 pub mod hop;
+pub mod tls;
 pub mod upgrade;
 
 use std::error::Error as StdError;
@@ -21,11 +22,14 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{BackendConfig, Config};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{BackendConfig, BackendTls, Config};
 
 use client_body::ClientBodyError;
 
@@ -36,9 +40,40 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// The HTTP/1.1 client with its connection pool, shared by every request.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
-    max_request_body: u64,
+    link: Arc<ArcSwap<Link>>,
     tunnels: upgrade::Tunnels,
+}
+
+/// What a reload may change: the client (its connect timeout, the backends' TLS) and the
+/// body limit. A request keeps the one it started with.
+struct Link {
+    client: Client<tls::Connector, Body>,
+    max_request_body: u64,
+    /// What the client was made from: a reload that changes none of it keeps the pool.
+    made_from: (Option<Duration>, Vec<(String, BackendTls)>),
+}
+
+impl Link {
+    fn new(config: &Config) -> Result<Self, String> {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(tls::Connector::new(config)?);
+        Ok(Link {
+            client,
+            max_request_body: config.max_request_body,
+            made_from: Self::made_from(config),
+        })
+    }
+
+    fn made_from(config: &Config) -> (Option<Duration>, Vec<(String, BackendTls)>) {
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| (b.authority.as_str().to_owned(), b.tls.clone()))
+            .collect();
+        (config.timeouts.connect, backends)
+    }
 }
 
 /// What a single forward needs besides the request.
@@ -50,19 +85,31 @@ pub struct Route<'a> {
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, tunnels: upgrade::Tunnels) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(config.timeouts.connect);
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self {
-            client,
-            max_request_body: config.max_request_body,
+    /// Fails when an `https://` backend needs the system's root certificates and none can
+    /// be read.
+    pub fn new(config: &Config, tunnels: upgrade::Tunnels) -> Result<Self, String> {
+        Ok(Self {
+            link: Arc::new(ArcSwap::from_pointee(Link::new(config)?)),
             tunnels,
+        })
+    }
+
+    /// A reloaded configuration: a new client (and pool) only when what it was made from
+    /// changed; requests under way finish on the old one.
+    pub fn reconfigure(&self, config: &Config) -> Result<(), String> {
+        let now = self.link.load();
+        if now.made_from == Link::made_from(config) {
+            if now.max_request_body != config.max_request_body {
+                self.link.store(Arc::new(Link {
+                    client: now.client.clone(),
+                    max_request_body: config.max_request_body,
+                    made_from: Link::made_from(config),
+                }));
+            }
+            return Ok(());
         }
+        self.link.store(Arc::new(Link::new(config)?));
+        Ok(())
     }
 
     /// Sends `request` to the route's backend and returns its response with a streaming body.
@@ -71,10 +118,11 @@ impl Forwarder {
         route: Route<'_>,
         mut request: Request<Body>,
     ) -> Result<Response<Body>, ForwardError> {
+        let link = self.link.load_full();
         let declared = content_length(request.headers());
-        if declared.is_some_and(|n| n > self.max_request_body) {
+        if declared.is_some_and(|n| n > link.max_request_body) {
             return Err(ForwardError::BodyTooLarge {
-                limit: self.max_request_body,
+                limit: link.max_request_body,
             });
         }
 
@@ -106,11 +154,11 @@ impl Forwarder {
         let body = if declared.is_some() || body.is_end_stream() {
             body
         } else {
-            Body::new(Limited::new(body, to_usize(self.max_request_body)))
+            Body::new(Limited::new(body, to_usize(link.max_request_body)))
         };
         let outbound = Request::from_parts(parts, body);
 
-        let sent = self.client.request(outbound);
+        let sent = link.client.request(outbound);
         let result = match route.timeout {
             Some(after) => {
                 tokio::time::timeout(after, sent)
@@ -124,7 +172,7 @@ impl Forwarder {
             }
             None => sent.await,
         };
-        let mut response = result.map_err(|e| self.classify(route.backend, &method, path, &e))?;
+        let mut response = result.map_err(|e| classify(&link, route.backend, &method, path, &e))?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -136,31 +184,6 @@ impl Forwarder {
         hop::strip_hop_by_hop(response.headers_mut());
         relative_location(route.backend, response.headers_mut());
         Ok(response.map(Body::new))
-    }
-
-    fn classify(
-        &self,
-        backend: &BackendConfig,
-        method: &Method,
-        path: &str,
-        error: &hyper_util::client::legacy::Error,
-    ) -> ForwardError {
-        if let Some(client) = ClientBodyError::find(error) {
-            return ForwardError::ClientBody(client.clone());
-        }
-        if source_is::<LengthLimitError>(error) {
-            return ForwardError::BodyTooLarge {
-                limit: self.max_request_body,
-            };
-        }
-        if error.is_connect() {
-            return ForwardError::Unreachable {
-                backend: backend.url.clone(),
-                reason: root_cause(error),
-            };
-        }
-        tracing::warn!(backend = %backend.url, error = ?error, "backend request failed");
-        failed(backend, method.as_str(), path, error)
     }
 
     /// A small call of the proxy's own (options, memory): the whole answer is read, up to
@@ -188,13 +211,19 @@ impl Forwarder {
         }
         .map_err(|e| CallError::Failed(e.to_string()))?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    CallError::Unreachable(root_cause(&e))
-                } else {
-                    CallError::Failed(root_cause(&e))
-                }
-            })?;
+            let response = self
+                .link
+                .load()
+                .client
+                .request(request)
+                .await
+                .map_err(|e| {
+                    if e.is_connect() {
+                        CallError::Unreachable(root_cause(&e))
+                    } else {
+                        CallError::Failed(root_cause(&e))
+                    }
+                })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, OWN_CALL_MAX_BODY)
                 .collect()
@@ -362,6 +391,31 @@ fn root_cause(error: &dyn StdError) -> String {
 
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn classify(
+    link: &Link,
+    backend: &BackendConfig,
+    method: &Method,
+    path: &str,
+    error: &hyper_util::client::legacy::Error,
+) -> ForwardError {
+    if let Some(client) = ClientBodyError::find(error) {
+        return ForwardError::ClientBody(client.clone());
+    }
+    if source_is::<LengthLimitError>(error) {
+        return ForwardError::BodyTooLarge {
+            limit: link.max_request_body,
+        };
+    }
+    if error.is_connect() {
+        return ForwardError::Unreachable {
+            backend: backend.url.clone(),
+            reason: root_cause(error),
+        };
+    }
+    tracing::warn!(backend = %backend.url, error = ?error, "backend request failed");
+    failed(backend, method.as_str(), path, error)
 }
 
 #[cfg(test)]

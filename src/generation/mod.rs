@@ -21,6 +21,9 @@ pub mod resolve;
 pub mod respond;
 pub mod send;
 
+use std::sync::Arc;
+
+use crate::config::Config;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -45,6 +48,8 @@ pub use respond::{
 /// One generation request, carried through the stages.
 pub struct Generation<'a> {
     pub state: &'a AppState,
+    /// The configuration as the request arrived: its rules hold for it to the end.
+    pub config: Arc<Config>,
     pub client: Caller,
     /// Cancelled when the client closes its side of the connection.
     pub closed: Option<ClientClosed>,
@@ -95,6 +100,7 @@ async fn run(
     };
     let generation = Generation {
         state,
+        config: state.config(),
         client,
         closed,
         route,
@@ -110,7 +116,7 @@ async fn run(
     loop {
         let ticket = state
             .scheduler
-            .enqueue(wanted, &generation.client, &exclude)
+            .enqueue_as(&generation.config, wanted, &generation.client, &exclude)
             .map_err(ProxyError::Refused)?;
         // A client that closes its side while waiting leaves the queue: nothing reaches
         // Forge for it (TCP cannot tell a half-close from a client that left).
@@ -122,9 +128,10 @@ async fn run(
         };
         let (mut grant, waited) = granted.map_err(ProxyError::Refused)?;
         let backend = grant.backend();
-        state
-            .metrics
-            .queue_wait(&state.backends[backend].config.url, waited.as_secs_f64());
+        state.metrics.queue_wait(
+            &state.backends.get(backend).config.url,
+            waited.as_secs_f64(),
+        );
         let attempt = match prepare::prepare(&generation, &mut grant).await {
             Ok(prepared) => send::send(&generation, grant, prepared).await,
             Err(error) => Err(error),
@@ -146,7 +153,7 @@ async fn run(
         if !others {
             return Err(error);
         }
-        let url = &state.backends[backend].config.url;
+        let url = state.backends.get(backend).config.url.clone();
         tracing::warn!(backend = %url, reason = %reason, "backend failed before the generation was sent: trying another");
         state.scheduler.note_retry();
     }

@@ -43,7 +43,7 @@ pub async fn prepare(
 ) -> Result<Prepared, ProxyError> {
     let state = generation.state;
     let id = grant.backend();
-    let backend = &state.backends[id];
+    let backend = &*state.backends.get(id);
     let forge = Forge::for_client(&state.forwarder, &backend.config, &generation.client);
     // Dropped before the end (the client left mid-call): the options may have changed.
     let mut unsure = Unsure {
@@ -61,7 +61,7 @@ pub async fn prepare(
         .await;
     let reading = read_vram(state, backend, &reader).await;
     let plan = plan::plan(
-        &state.config,
+        &generation.config,
         &Inputs {
             model_type: generation.model_type.as_deref(),
             body: &generation.body,
@@ -71,7 +71,7 @@ pub async fn prepare(
         },
     )?;
     let route = crate::proxy::route::Route::Generation(generation.route)
-        .label(&state.config.generation_routes);
+        .label(&generation.config.generation_routes);
     let asked = Asked {
         route: &route,
         request_id: &generation.request_id,
@@ -79,8 +79,8 @@ pub async fn prepare(
     };
     let decision = Decision::of(&plan, asked, &backend.config.url, reading.clone());
     apply(state, id, &forge, &plan, decision).await?;
-    let had = grant.planned(plan.profile);
-    respond::note_profile(state, backend, &plan, had);
+    let had = grant.planned_as(&generation.config, plan.profile);
+    respond::note_profile(state, &generation.config, backend, &plan, had);
 
     let mut headers = generation.head.headers.clone();
     let body = if plan.edits.is_empty() {
@@ -127,7 +127,7 @@ pub async fn apply(
     plan: &Plan,
     decision: Decision,
 ) -> Result<(), ProxyError> {
-    let backend = &state.backends[id];
+    let backend = &*state.backends.get(id);
     let url = &backend.config.url;
     if !plan.options.is_empty() {
         if let Err(source) = forge.set_options(&plan.options).await {
@@ -183,7 +183,7 @@ pub async fn current_options(
     backend: &Backend,
     forge: &Forge<'_>,
 ) -> Result<Map<String, Value>, ProxyError> {
-    if !state.config.memory.verify_before_generation {
+    if !state.config().memory.verify_before_generation {
         if let Some(known) = backend.known_options() {
             return Ok(known);
         }

@@ -14,7 +14,7 @@ use crate::generation::Generation;
 
 /// The profile index the request names, or `None` when the backend's checkpoint decides.
 pub async fn wanted_profile(generation: &Generation<'_>) -> Result<Option<ProfileId>, ProxyError> {
-    let config = &generation.state.config;
+    let config = &generation.config;
     let overrides = generation.body.override_settings();
     let text = |key: &str| overrides.get(key).and_then(Value::as_str);
     let checkpoint = match text(key::CHECKPOINT) {
@@ -45,7 +45,9 @@ async fn resolve_anywhere(generation: &Generation<'_>, name: &str) -> Named {
             .filter(|id| state.scheduler.is_healthy(*id))
     };
     for id in healthy() {
-        if let Some(checkpoint) = state.backends[id]
+        if let Some(checkpoint) = state
+            .backends
+            .get(id)
             .catalog()
             .and_then(|catalog| catalog.resolve(name).cloned())
         {
@@ -54,7 +56,7 @@ async fn resolve_anywhere(generation: &Generation<'_>, name: &str) -> Named {
     }
     let mut read_one = false;
     for id in healthy() {
-        let backend = &state.backends[id];
+        let backend = &*state.backends.get(id);
         let forge = Forge::reading_for(&state.forwarder, &backend.config, &generation.client);
         let Some(catalog) = backend.catalog_knowing(&forge, &[name]).await else {
             continue;

@@ -7,6 +7,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::backend::vram::{ReadingSource, VramReading};
 use crate::backend::Backend;
+use crate::config::Config;
 use crate::config::ProfileId;
 use crate::decide::plan::Plan;
 use crate::state::AppState;
@@ -75,9 +76,15 @@ fn put(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
 
 /// Counts a move of `backend` from the profile it `had` to the plan's, and keeps the
 /// applied memory for the metrics.
-pub fn note_profile(state: &AppState, backend: &Backend, plan: &Plan, had: Option<ProfileId>) {
+pub fn note_profile(
+    state: &AppState,
+    config: &Config,
+    backend: &Backend,
+    plan: &Plan,
+    had: Option<ProfileId>,
+) {
     if let Some(had) = had.filter(|had| *had != plan.profile) {
-        let previous = &state.config.profile(had).name;
+        let previous = &config.profile(had).name;
         state
             .metrics
             .profile_switch(&backend.config.url, previous, &plan.profile_name);

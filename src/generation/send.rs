@@ -56,10 +56,10 @@ pub async fn send(
     };
     let (answer, answered) = oneshot::channel();
     state.work.spawn(held.run(request, answer));
-    let answered = match state.config.timeouts.generation {
+    let answered = match state.config().timeouts.generation {
         Some(after) => tokio::time::timeout(after, answered).await.map_err(|_| {
             ProxyError::Forward(ForwardError::Timeout {
-                backend: state.backends[id].config.url.clone(),
+                backend: state.backends.get(id).config.url.clone(),
                 method: generation.head.method.to_string(),
                 path: generation.head.uri.path().to_owned(),
                 after,
@@ -69,7 +69,7 @@ pub async fn send(
     };
     answered.unwrap_or_else(|_| {
         Err(ProxyError::Forward(ForwardError::Failed {
-            backend: state.backends[id].config.url.clone(),
+            backend: state.backends.get(id).config.url.clone(),
             method: generation.head.method.to_string(),
             path: generation.head.uri.path().to_owned(),
             reason: "the generation's task ended without an answer".to_owned(),
@@ -114,7 +114,7 @@ impl Held {
                 forwarded.await
             }
         };
-        let backend = &self.state.backends[id];
+        let backend = &*self.state.backends.get(id);
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -151,10 +151,10 @@ impl Held {
 
     /// The client went away before Forge's answer was read.
     async fn client_left(&self) {
-        let backend = &self.state.backends[self.grant.backend()];
+        let backend = &*self.state.backends.get(self.grant.backend());
         self.grant.note_client_left();
         self.state.metrics.client_gone();
-        let interrupt = self.state.config.on_client_disconnect == OnClientDisconnect::Interrupt;
+        let interrupt = self.state.config().on_client_disconnect == OnClientDisconnect::Interrupt;
         tracing::info!(backend = %backend.config.url, interrupt, "the client left its generation: the backend stays held until Forge has finished it");
         if interrupt {
             let forge = Forge::reading_for(&self.state.forwarder, &backend.config, &self.client);

@@ -52,7 +52,7 @@ impl Proxy {
             })
             .await;
         }
-        let config = &self.state.config;
+        let config = &self.state.config();
         let routes = &config.generation_routes;
         let decoded = route::decode(request.uri().path());
         let route = Route::classify_decoded(request.method(), &decoded, routes);

@@ -32,14 +32,52 @@ pub fn request_id(headers: &http::HeaderMap) -> &str {
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init_tracing(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_wins = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let installed = match format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map(|()| filter_setter(handle))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map(|()| filter_setter(handle))
+        }
     };
+    if let (Ok(setter), false) = (installed, env_wins) {
+        let _ = SET_FILTER.set(setter);
+    }
+}
+
+type FilterSetter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Replaces the installed subscriber's filter (absent when `RUST_LOG` chose it).
+static SET_FILTER: std::sync::OnceLock<FilterSetter> = std::sync::OnceLock::new();
+
+fn filter_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<EnvFilter, S>,
+) -> FilterSetter {
+    Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+}
+
+/// A reloaded `log.level`; `RUST_LOG`, when set at start, still wins.
+pub fn set_log_level(level: &str) {
+    let Some(set) = SET_FILTER.get() else {
+        return;
+    };
+    match EnvFilter::try_new(level)
+        .map_err(|e| e.to_string())
+        .and_then(set)
+    {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(level, error = %e, "log.level not changed"),
+    }
 }
 
 /// The outermost stage of every request, around `next` (the rest of its handling): its id,

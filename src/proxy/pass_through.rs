@@ -27,7 +27,7 @@ pub async fn forward(
 ) -> Response {
     let index = state.scheduler.pass_through_backend(follow, client);
     let timeout = state
-        .config
+        .config()
         .pass_through_timeout(&route::decode(request.uri().path()));
     respond(
         forward_to(state, index, client, request, timeout).await,
@@ -60,7 +60,7 @@ pub async fn stop(
         );
         return response;
     };
-    let timeout = state.config.pass_through_timeout(request.uri().path());
+    let timeout = state.config().pass_through_timeout(request.uri().path());
     respond(
         forward_to(state, backend, client, request, timeout).await,
         "answered with the proxy's own error",
@@ -75,10 +75,10 @@ pub async fn refresh_checkpoints(
     request: Request<Body>,
 ) -> Response {
     let index = state.scheduler.pass_through_backend(Follow::Any, client);
-    let timeout = state.config.pass_through_timeout(request.uri().path());
+    let timeout = state.config().pass_through_timeout(request.uri().path());
     let result = forward_to(state, index, client, request, timeout).await;
     if result.as_ref().is_ok_and(|r| r.status().is_success()) {
-        state.backends[index].catalog_changed();
+        state.backends.get(index).catalog_changed();
     }
     respond(result, "answered with the proxy's own error")
 }
@@ -90,7 +90,7 @@ pub async fn forward_untouched_generation(
     request: Request<Body>,
 ) -> Response {
     let index = state.scheduler.pass_through_backend(Follow::Any, client);
-    let timeout = state.config.timeouts.generation;
+    let timeout = state.config().timeouts.generation;
     respond(
         forward_to(state, index, client, request, timeout).await,
         "answered with the proxy's own error",
@@ -106,7 +106,8 @@ pub async fn forward_to(
     mut request: Request<Body>,
     timeout: Option<Duration>,
 ) -> Result<Response, ProxyError> {
-    let config = &state.backends[backend].config;
+    let held = state.backends.get(backend);
+    let config = &held.config;
     if client.key.is_some() {
         // The client's key stopped at the door; Forge gets the backend's own credentials.
         if let Some(authorization) = &config.authorization {

@@ -1,6 +1,7 @@
 //! Reading a request the proxy inspects: its body, bounded, and its head, kept to send it
 //! again (to another backend after a failure, or to each backend in turn).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,21 +18,33 @@ use crate::state::AppState;
 
 /// `limits.max_inspected_total`: the bytes of every body held for inspection at once,
 /// counted in KiB as they arrive.
-#[derive(Clone)]
 pub struct InspectBudget {
     kib: Arc<Semaphore>,
-    limit: u64,
+    limit: AtomicU64,
 }
 
 impl InspectBudget {
     pub fn new(limit: u64) -> Self {
-        let kib = usize::try_from(limit / 1024)
-            .unwrap_or(Semaphore::MAX_PERMITS)
-            .min(Semaphore::MAX_PERMITS);
         Self {
-            kib: Arc::new(Semaphore::new(kib)),
-            limit,
+            kib: Arc::new(Semaphore::new(Self::kib(limit))),
+            limit: AtomicU64::new(limit),
         }
+    }
+
+    fn kib(limit: u64) -> usize {
+        usize::try_from(limit / 1024)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A reloaded `limits.max_inspected_total`; bodies held now keep their share.
+    pub fn resize(&self, limit: u64) {
+        let old = self.limit.swap(limit, Ordering::Relaxed);
+        crate::state::resize(&self.kib, Self::kib(old), Self::kib(limit));
     }
 
     /// A share of `bytes`, at once or not at all.
@@ -42,7 +55,7 @@ impl InspectBudget {
 
     /// Bytes held now.
     pub fn held(&self) -> u64 {
-        let total = self.limit / 1024;
+        let total = self.limit() / 1024;
         total.saturating_sub(self.kib.available_permits() as u64) * 1024
     }
 }
@@ -63,12 +76,12 @@ pub async fn read_body(
     headers: &http::HeaderMap,
     mut body: Body,
 ) -> Result<Inspected, ProxyError> {
-    let limit = state.config.inspect_limit();
+    let limit = state.config().inspect_limit();
     let budget = &state.inspect_budget;
     let busy = || {
         state.metrics.inspect_refused();
         ProxyError::Busy {
-            limit: budget.limit,
+            limit: budget.limit(),
             retry_after: state
                 .scheduler
                 .shortest_wait()

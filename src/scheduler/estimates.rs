@@ -78,6 +78,21 @@ impl Estimates {
         }
     }
 
+    /// The same estimates for the profiles of `new`, matched by name with those of `old`.
+    pub fn renamed(&self, old: &Config, new: &Config) -> Estimates {
+        Estimates {
+            durations: new
+                .profiles
+                .iter()
+                .map(|profile| {
+                    old.profile_named(&profile.name)
+                        .and_then(|p| self.durations.get(p.0).copied().flatten())
+                })
+                .collect(),
+            reload: self.reload,
+        }
+    }
+
     /// What was learned, by profile name, for `/proxy/status`.
     pub fn learned(&self, config: &Config) -> Learned {
         Learned {

@@ -21,6 +21,8 @@ mod placement;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -71,6 +73,25 @@ struct Lane {
     running: Option<Running>,
     /// The profile of the work dispatched last: what Forge has loaded.
     loaded: Option<ProfileId>,
+    /// Gone from the configuration: takes no new work, finishes what it has.
+    retired: bool,
+}
+
+impl Lane {
+    fn new() -> Self {
+        Lane {
+            health: HealthCounter::default(),
+            waiting: VecDeque::new(),
+            running: None,
+            loaded: None,
+            retired: false,
+        }
+    }
+
+    /// May take new work: healthy, and still configured.
+    fn in_rotation(&self) -> bool {
+        !self.retired && self.health.is_healthy()
+    }
 }
 
 struct Waiter {
@@ -117,12 +138,18 @@ impl Queues {
     fn lane_mut(&mut self, id: BackendId) -> &mut Lane {
         &mut self.lanes[id.0]
     }
+
+    fn ids(&self) -> impl Iterator<Item = BackendId> + use<> {
+        (0..self.lanes.len()).map(BackendId)
+    }
 }
 
 pub struct Scheduler {
     /// The proxy's configuration: backends (profiles served, weight, URL), profiles, health
-    /// thresholds and the scheduler's own settings, read where they are needed.
-    config: Arc<Config>,
+    /// thresholds and the scheduler's own settings, read where they are needed. Replaced
+    /// only under the queues' lock ([`Scheduler::reconfigure`]), so one locked step sees one
+    /// configuration.
+    config: ArcSwap<Config>,
     metrics: Metrics,
     queues: Mutex<Queues>,
 }
@@ -140,6 +167,8 @@ pub struct Ticket {
 /// The right to run one piece of work on `backend`; dropping it frees the backend.
 pub struct Grant {
     scheduler: Arc<Scheduler>,
+    /// The configuration `profile` and `had` are of (a reload may come while it runs).
+    config: Arc<Config>,
     backend: BackendId,
     ticket: u64,
     profile: Option<ProfileId>,
@@ -153,19 +182,10 @@ pub struct Grant {
 
 impl Scheduler {
     pub fn new(config: Arc<Config>, metrics: Metrics) -> Arc<Self> {
-        let lanes = config
-            .backends
-            .iter()
-            .map(|_| Lane {
-                health: HealthCounter::default(),
-                waiting: VecDeque::new(),
-                running: None,
-                loaded: None,
-            })
-            .collect();
+        let lanes = config.backends.iter().map(|_| Lane::new()).collect();
         let estimates = Estimates::new(config.profiles.len());
         Arc::new(Self {
-            config,
+            config: ArcSwap::new(config),
             metrics,
             queues: Mutex::new(Queues {
                 lanes,
@@ -184,6 +204,10 @@ impl Scheduler {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// Places a generation of `profile` (`None`: decided by the backend's checkpoint) on a
     /// backend other than those in `exclude`.
     pub fn enqueue(
@@ -192,7 +216,20 @@ impl Scheduler {
         client: &Caller,
         exclude: &[BackendId],
     ) -> Result<Ticket, Refused> {
+        self.enqueue_as(&self.config.load_full(), profile, client, exclude)
+    }
+
+    /// [`Scheduler::enqueue`] for a request that chose `profile` in configuration `from`
+    /// (a reload may have come since).
+    pub fn enqueue_as(
+        self: &Arc<Self>,
+        from: &Config,
+        profile: Option<ProfileId>,
+        client: &Caller,
+        exclude: &[BackendId],
+    ) -> Result<Ticket, Refused> {
         let mut queues = self.lock();
+        let profile = self.translate(from, profile);
         self.check_key_queue(&queues, client)?;
         let (waiter, receiver) = new_waiter(&mut queues, Work::Generation, profile, client.clone());
         let id = waiter.ticket;
@@ -214,7 +251,19 @@ impl Scheduler {
         profile: Option<ProfileId>,
         client: &Caller,
     ) -> Ticket {
+        self.enqueue_on_as(&self.config.load_full(), backend, profile, client)
+    }
+
+    /// [`Scheduler::enqueue_on`] for a call that chose `profile` in configuration `from`.
+    pub fn enqueue_on_as(
+        self: &Arc<Self>,
+        from: &Config,
+        backend: BackendId,
+        profile: Option<ProfileId>,
+        client: &Caller,
+    ) -> Ticket {
         let mut queues = self.lock();
+        let profile = self.translate(from, profile);
         let (waiter, receiver) = new_waiter(&mut queues, Work::Options, profile, client.clone());
         let id = waiter.ticket;
         queues.lane_mut(backend).waiting.push_back(Waiter {
@@ -243,15 +292,64 @@ impl Scheduler {
         }
     }
 
+    /// `profile` of configuration `from` in the one the scheduler has: the same profile by
+    /// name, `None` (whatever the backend has) when a reload removed it. Under the lock.
+    fn translate(&self, from: &Config, profile: Option<ProfileId>) -> Option<ProfileId> {
+        let here = self.config();
+        if std::ptr::eq(from, &**here) {
+            return profile;
+        }
+        profile.and_then(|p| here.profile_named(&from.profile(p).name))
+    }
+
+    /// A reloaded configuration: `config.backends` keeps every backend the scheduler knows at
+    /// its index (those in `retired` finish their work and take no more) and adds new ones
+    /// after them; profiles are matched by name.
+    pub fn reconfigure(&self, config: Arc<Config>, retired: &[BackendId]) {
+        let mut queues = self.lock();
+        let old = self.config.load_full();
+        let map = |p: Option<ProfileId>| p.and_then(|p| config.profile_named(&old.profile(p).name));
+        for lane in &mut queues.lanes {
+            lane.loaded = map(lane.loaded);
+            if let Some(running) = lane.running.as_mut() {
+                running.profile = map(running.profile);
+            }
+            for waiter in &mut lane.waiting {
+                waiter.profile = map(waiter.profile);
+            }
+        }
+        queues.estimates = queues.estimates.renamed(&old, &config);
+        while queues.lanes.len() < config.backends.len() {
+            let checked = config.health.interval.is_some();
+            queues.lanes.push(Lane {
+                health: if checked {
+                    HealthCounter::joining()
+                } else {
+                    HealthCounter::default()
+                },
+                ..Lane::new()
+            });
+        }
+        for id in retired {
+            queues.lane_mut(*id).retired = true;
+        }
+        self.config.store(config);
+        // Waiters on a retired backend stay there (it drains its queue); idle new backends
+        // take work queued elsewhere once their first health check passes.
+    }
+
     /// No backend may take `profile`.
     fn no_backend(&self, profile: Option<ProfileId>) -> Refused {
         Refused::NoBackend {
-            profile: profile.map_or("(any)".to_owned(), |p| self.config.profile(p).name.clone()),
+            profile: profile.map_or("(any)".to_owned(), |p| {
+                self.config().profile(p).name.clone()
+            }),
         }
     }
 
     fn publish_lengths(&self, queues: &Queues) {
-        for (lane, backend) in queues.lanes.iter().zip(&self.config.backends) {
+        let config = self.config();
+        for (lane, backend) in queues.lanes.iter().zip(&config.backends) {
             self.metrics
                 .queue_length(&backend.url, lane.waiting.len() as u64);
         }
@@ -282,7 +380,7 @@ impl Scheduler {
     pub fn report_health(self: &Arc<Self>, backend: BackendId, event: HealthEvent) {
         let mut queues = self.lock();
         let lane = queues.lane_mut(backend);
-        match lane.health.observe(event, &self.config.health) {
+        match lane.health.observe(event, &self.config().health) {
             None => {}
             Some(Transition::Recovered) => {
                 tracing::info!(backend = %backend, "backend is healthy again");
@@ -307,8 +405,16 @@ impl Scheduler {
         }
     }
 
+    /// Healthy and still configured: may take new work.
     pub fn is_healthy(&self, backend: BackendId) -> bool {
-        self.lock().lane(backend).health.is_healthy()
+        self.lock().lane(backend).in_rotation()
+    }
+
+    /// Gone from the configuration, with nothing running or waiting: its health checks stop.
+    pub fn is_drained(&self, backend: BackendId) -> bool {
+        let queues = self.lock();
+        let lane = queues.lane(backend);
+        lane.retired && lane.running.is_none() && lane.waiting.is_empty()
     }
 
     /// Counts a retry on another backend (the first one failed before the request was sent).
@@ -320,7 +426,8 @@ impl Scheduler {
     /// For `/proxy/status` and metrics.
     pub fn snapshot(&self) -> SchedulerStatus {
         let queues = self.lock();
-        let name = |p: Option<ProfileId>| p.map(|p| self.config.profile(p).name.clone());
+        let config = self.config();
+        let name = |p: Option<ProfileId>| p.map(|p| config.profile(p).name.clone());
         SchedulerStatus {
             backends: queues
                 .lanes
@@ -328,6 +435,7 @@ impl Scheduler {
                 .map(|l| LaneStatus {
                     healthy: l.health.is_healthy(),
                     health: l.health.note().to_owned(),
+                    retired: l.retired,
                     loaded_profile: name(l.loaded),
                     running: l.running.as_ref().map(|r| RunningStatus {
                         work: r.work,
@@ -347,7 +455,7 @@ impl Scheduler {
                         .collect(),
                 })
                 .collect(),
-            estimates: queues.estimates.learned(&self.config),
+            estimates: queues.estimates.learned(&config),
             reloads_avoided: queues.reorders,
             retries: queues.retries,
             max_bypassed: queues.max_bypassed,
@@ -396,6 +504,8 @@ pub struct SchedulerStatus {
 pub struct LaneStatus {
     pub healthy: bool,
     pub health: String,
+    /// Removed from the configuration by a reload: finishing its work, taking no more.
+    pub retired: bool,
     pub loaded_profile: Option<String>,
     pub running: Option<RunningStatus>,
     pub queue: Vec<WaitingStatus>,
@@ -452,25 +562,44 @@ impl Grant {
         } else {
             Switched::No
         };
-        self.scheduler
-            .lock()
-            .estimates
-            .learn(self.profile, took, switched);
+        let mut queues = self.scheduler.lock();
+        let profile = self.scheduler.translate(&self.config, self.profile);
+        queues.estimates.learn(profile, took, switched);
     }
 
     /// The prepare stage decided the profile (from the backend's checkpoint, when the
     /// request named none): the backend runs it, and has it loaded afterwards. Answers the
     /// profile the backend had before.
     pub fn planned(&mut self, profile: ProfileId) -> Option<ProfileId> {
+        let here = self.scheduler.config.load_full();
+        self.planned_as(&here, profile)
+    }
+
+    /// [`Grant::planned`] for a profile of configuration `from`; the profile had before is
+    /// answered in `from` too.
+    pub fn planned_as(&mut self, from: &Config, profile: ProfileId) -> Option<ProfileId> {
         let mut queues = self.scheduler.lock();
+        let here = self.scheduler.config.load_full();
+        let had = self
+            .had
+            .and_then(|had| from.profile_named(&self.config.profile(had).name));
+        let Some(profile) = self.scheduler.translate(from, Some(profile)) else {
+            // Removed by a reload since the request chose it: nothing to learn or record.
+            return had;
+        };
+        let before = self
+            .had
+            .and_then(|had| here.profile_named(&self.config.profile(had).name));
+        self.switches_profile = before.is_some_and(|before| before != profile);
         let lane = queues.lane_mut(self.backend);
-        self.switches_profile = self.had.is_some_and(|had| had != profile);
         if let Some(running) = lane.running.as_mut().filter(|r| r.ticket == self.ticket) {
             running.profile = Some(profile);
         }
-        self.profile = Some(profile);
         lane.loaded = Some(profile);
-        self.had
+        self.had = before;
+        self.profile = Some(profile);
+        self.config = here;
+        had
     }
 
     /// The client of this work went away: `/proxy/status` shows the backend still held.

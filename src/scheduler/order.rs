@@ -26,7 +26,7 @@ impl Scheduler {
             if index > 0 {
                 queues.reorders += 1;
                 self.metrics
-                    .reload_avoided(&self.config.backend(backend).url);
+                    .reload_avoided(&self.config().backend(backend).url);
             }
             let lane = queues.lane_mut(backend);
             let mut most = 0;
@@ -52,6 +52,7 @@ impl Scheduler {
             queues.max_bypassed = queues.max_bypassed.max(most);
             let grant = Grant {
                 scheduler: self.clone(),
+                config: self.config.load_full(),
                 backend,
                 ticket: waiter.ticket,
                 profile: waiter.profile,
@@ -77,7 +78,7 @@ impl Scheduler {
         if lane.waiting.is_empty() {
             return None;
         }
-        let settings = &self.config.scheduler;
+        let settings = &self.config().scheduler;
         for (i, w) in lane.waiting.iter().enumerate() {
             let matches = w.profile.is_none() || lane.loaded.is_none() || w.profile == lane.loaded;
             if matches {

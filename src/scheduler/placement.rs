@@ -24,8 +24,7 @@ pub enum Follow {
 impl Scheduler {
     /// Healthy and allowed to serve `waiter`'s profile.
     fn takes(&self, queues: &Queues, backend: BackendId, waiter: &Waiter) -> bool {
-        queues.lane(backend).health.is_healthy()
-            && self.config.backend(backend).serves(waiter.profile)
+        queues.lane(backend).in_rotation() && self.config().backend(backend).serves(waiter.profile)
     }
 
     /// The backends that may take `waiter`: not excluded for it, not `skip`, the one it is
@@ -36,7 +35,7 @@ impl Scheduler {
         waiter: &'a Waiter,
         skip: Option<BackendId>,
     ) -> impl Iterator<Item = BackendId> + 'a {
-        self.config.backend_ids().filter(move |id| {
+        queues.ids().filter(move |id| {
             Some(*id) != skip
                 && waiter.pinned.is_none_or(|p| p == *id)
                 && !waiter.excluded.contains(id)
@@ -50,7 +49,8 @@ impl Scheduler {
         queues: &mut Queues,
         waiter: Waiter,
     ) -> Result<(), Refused> {
-        let settings = &self.config.scheduler;
+        let config = self.config();
+        let settings = &config.scheduler;
         let total: usize = queues.lanes.iter().map(|l| l.waiting.len()).sum();
         let candidates: Vec<BackendId> = self.candidates(queues, &waiter, None).collect();
         if candidates.is_empty() {
@@ -82,7 +82,8 @@ impl Scheduler {
                         }
                         _ => Duration::ZERO,
                     };
-                    self.expected_wait(queues, id) + reload.div_f64(self.config.backend(id).weight)
+                    self.expected_wait(queues, id)
+                        + reload.div_f64(self.config().backend(id).weight)
                 };
                 with_room
                     .iter()
@@ -118,7 +119,7 @@ impl Scheduler {
                 loaded = w.profile;
             }
         }
-        (running + waiting).div_f64(self.config.backend(backend).weight)
+        (running + waiting).div_f64(self.config().backend(backend).weight)
     }
 
     /// Re-places a waiter taken from a backend out of rotation; tells it when nowhere is left.
@@ -154,17 +155,17 @@ impl Scheduler {
     /// loaded profile (no reload), else the oldest whose wait where it is would be longer
     /// than a reload here. With `max_bypass = 0`, simply the oldest it may serve.
     pub(super) fn steal(&self, queues: &mut Queues, here: BackendId) -> bool {
-        if !queues.lane(here).health.is_healthy() {
+        if !queues.lane(here).in_rotation() {
             return false;
         }
-        let taking = if self.config.scheduler.max_bypass == 0 {
+        let taking = if self.config().scheduler.max_bypass == 0 {
             Taking::Oldest
         } else {
             Taking::LoadedFirst
         };
         let loaded_here = queues.lane(here).loaded;
         let mut best: Option<Stealable> = None;
-        for from in self.config.backend_ids().filter(|id| *id != here) {
+        for from in queues.ids().filter(|id| *id != here) {
             let lane = queues.lane(from);
             let mut ahead = lane.running.as_ref().map_or(Duration::ZERO, |r| {
                 queues
@@ -235,12 +236,8 @@ impl Scheduler {
                 return only;
             }
         }
-        let healthy = queues
-            .lanes
-            .iter()
-            .filter(|l| l.health.is_healthy())
-            .count();
-        let nth = match (self.config.scheduler.pass_through, healthy) {
+        let healthy = queues.lanes.iter().filter(|l| l.in_rotation()).count();
+        let nth = match (self.config().scheduler.pass_through, healthy) {
             (_, 0) => return BackendId(0),
             (PassThroughRouting::First, _) => 0,
             (PassThroughRouting::RoundRobin, n) => {
@@ -252,7 +249,7 @@ impl Scheduler {
             .lanes
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.health.is_healthy())
+            .filter(|(_, l)| l.in_rotation())
             .nth(nth)
             .map_or(BackendId(0), |(i, _)| BackendId(i))
     }
@@ -281,9 +278,9 @@ impl Scheduler {
     /// is free or none is healthy): a Retry-After for a client refused for want of room.
     pub fn shortest_wait(&self) -> Duration {
         let queues = self.lock();
-        self.config
-            .backend_ids()
-            .filter(|id| queues.lane(*id).health.is_healthy())
+        queues
+            .ids()
+            .filter(|id| queues.lane(*id).in_rotation())
             .map(|id| self.expected_wait(&queues, id))
             .min()
             .unwrap_or_default()
@@ -306,10 +303,9 @@ impl Scheduler {
         if waiting < limit {
             return Ok(());
         }
-        let retry_after = self
-            .config
-            .backend_ids()
-            .filter(|id| queues.lane(*id).health.is_healthy())
+        let retry_after = queues
+            .ids()
+            .filter(|id| queues.lane(*id).in_rotation())
             .map(|id| self.expected_wait(queues, id))
             .fold(Duration::MAX, Duration::min)
             .clamp(Duration::from_secs(1), Duration::from_secs(3600));

@@ -175,7 +175,8 @@ impl Activity {
 }
 
 /// Serves one connection until its client closes it, a timeout closes it, or shutdown
-/// (`stopping`) ends it. `_slot` is its place under `limits.max_connections`.
+/// (`stopping`) ends it; over TLS when `tls` is given. `_slot` is its place under
+/// `limits.max_connections`.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -183,15 +184,47 @@ pub async fn serve(
     timeouts: Timeouts,
     stopping: CancellationToken,
     _slot: OwnedSemaphorePermit,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     // Responses go out as soon as they are written: no Nagle delay behind a small write.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    let activity = Arc::new(Activity::new());
     // A second handle on the socket, to see the client close its side while hyper is not
     // reading (it does not while a request is in flight).
-    let mut watch = Watch::of(&stream);
+    let watch = Watch::of(&stream);
+    let Some(acceptor) = tls else {
+        return drive(stream, watch, peer, proxy, timeouts, stopping).await;
+    };
+    // The handshake is part of the head: it gets `client_header` too, and shutdown ends it.
+    let limit = timeouts
+        .client_header
+        .unwrap_or(HANDSHAKE_WITHOUT_HEADER_TIMEOUT);
+    let handshake = tokio::select! {
+        shaken = tokio::time::timeout(limit, acceptor.accept(stream)) => shaken,
+        () = stopping.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => drive(stream, watch, peer, proxy, timeouts, stopping).await,
+        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// With `timeouts.client_header` off, a TLS handshake still ends after this.
+const HANDSHAKE_WITHOUT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn drive<S>(
+    stream: S,
+    mut watch: Watch,
+    peer: SocketAddr,
+    proxy: Proxy,
+    timeouts: Timeouts,
+    stopping: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
     let io = Watched {
         inner: stream,
         activity: activity.clone(),
@@ -313,12 +346,12 @@ async fn closed_by_client(socket: &TcpStream) {
 }
 
 /// The client's socket, telling its [`Activity`] when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -333,7 +366,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

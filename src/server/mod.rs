@@ -7,6 +7,7 @@
 //! so does the proxy.
 
 pub mod connection;
+pub mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,22 +43,53 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve(listener, config, shutdown, None).await
+}
+
+/// [`run`], and on `SIGHUP` the configuration is read again from `source`.
+pub async fn run_reloading(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    source: reload::Source,
+) -> std::io::Result<()> {
+    serve(listener, config, shutdown, Some(source)).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    source: Option<reload::Source>,
+) -> std::io::Result<()> {
     let grace = config.timeouts.shutdown_grace;
     warn_if_open(&listener, &config);
     let state = AppState::build(config).await?;
     let background = CancellationToken::new();
     crate::backend::health::check::spawn_checks(&state, &background);
-    let _stop_background = background.drop_guard();
     let proxy = app(state.clone());
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
-    let timeouts = connection::Timeouts {
-        client_header: state.config.timeouts.client_header,
-        keep_alive: state.config.timeouts.keep_alive,
-        client_body_idle: state.config.timeouts.client_body_idle,
-    };
-    let limit = connection_limit(state.config.max_connections);
+    let fits = descriptors_fit();
+    let limit = connection_limit(state.config().max_connections, fits);
     let slots = Arc::new(Semaphore::new(limit));
+    if let Some(source) = &source {
+        state.install(state.config(), source.file.clone());
+    }
+    let reloader = source.map(|source| {
+        Arc::new(reload::Reloader::new(
+            source,
+            state.clone(),
+            background.clone(),
+            reload::Connections {
+                slots: slots.clone(),
+                limit,
+                fits,
+            },
+        ))
+    });
+    let mut hangups = reload::Hangups::listen(reloader.is_some());
+    let _stop_background = background.drop_guard();
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
@@ -69,10 +101,25 @@ pub async fn run(
                     continue;
                 }
             },
+            () = hangups.next() => {
+                if let Some(reloader) = &reloader {
+                    let reloader = reloader.clone();
+                    tokio::spawn(async move { reloader.reload().await });
+                }
+                continue;
+            }
             () = &mut shutdown => break,
         };
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
+                // Each connection takes the configuration in force when it opens.
+                let config = state.config();
+                let timeouts = connection::Timeouts {
+                    client_header: config.timeouts.client_header,
+                    keep_alive: config.timeouts.keep_alive,
+                    client_body_idle: config.timeouts.client_body_idle,
+                };
+                let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
                 connections.spawn(connection::serve(
                     stream,
                     peer,
@@ -80,10 +127,12 @@ pub async fn run(
                     timeouts,
                     stopping.clone(),
                     slot,
+                    tls,
                 ));
             }
             Err(_) => {
                 state.metrics.connection_refused();
+                let limit = reloader.as_ref().map_or(limit, |r| r.connection_limit());
                 connections.spawn(refuse(stream, limit));
             }
         }
@@ -179,14 +228,14 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
     }
 }
 
-/// The descriptors the process may open: the soft limit, raised to the hard limit first.
-/// `max_connections` is lowered to what fits, with a warning.
-fn connection_limit(configured: usize) -> usize {
+/// The connections the descriptors allow: the soft limit is raised to the hard limit first.
+/// `None` when the limit cannot be read.
+fn descriptors_fit() -> Option<usize> {
     let descriptors = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read or raise the open file limit");
-            return configured;
+            return None;
         }
     };
     let fits = usize::try_from(
@@ -194,16 +243,22 @@ fn connection_limit(configured: usize) -> usize {
     )
     .unwrap_or(usize::MAX)
     .max(1);
-    if configured > fits {
-        tracing::warn!(
-            configured,
-            descriptors,
-            using = fits,
-            "limits.max_connections is more than the open file limit allows: lowered"
-        );
-        return fits;
+    Some(fits)
+}
+
+/// `limits.max_connections`, lowered with a warning to what the descriptors allow.
+fn connection_limit(configured: usize, fits: Option<usize>) -> usize {
+    match fits {
+        Some(fits) if configured > fits => {
+            tracing::warn!(
+                configured,
+                using = fits,
+                "limits.max_connections is more than the open file limit allows: lowered"
+            );
+            fits
+        }
+        _ => configured,
     }
-    configured
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -236,8 +291,15 @@ pub async fn shutdown_signal() {
 
 /// Asks the proxy listening on `listen` for `/proxy/health`: the container health check,
 /// built in so the runtime image needs no shell or curl.
-pub async fn check_health(listen: SocketAddr, timeout: std::time::Duration) -> Result<(), String> {
+/// Over HTTPS when the proxy listens with TLS (its certificate is not checked: this is the
+/// proxy asking itself).
+pub async fn check_health(
+    listen: SocketAddr,
+    tls: bool,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
     use http_body_util::Empty;
+    use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
@@ -248,8 +310,16 @@ pub async fn check_health(listen: SocketAddr, timeout: std::time::Duration) -> R
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let uri = format!("http://{target}/proxy/health")
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::forward::tls::unchecked())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<bytes::Bytes>>(connector);
+    let scheme = if tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{target}/proxy/health")
         .parse::<http::Uri>()
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, client.get(uri)).await {

@@ -14,31 +14,45 @@ use crate::state::AppState;
 
 /// Starts one checking task per backend; they end with `stop`.
 pub fn spawn_checks(state: &AppState, stop: &CancellationToken) {
-    let Some(interval) = state.config.health.interval else {
-        return;
-    };
     for id in state.backends.ids() {
-        let state = state.clone();
-        let stop = stop.child_token();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
-                let event = check(&state, id).await;
-                state.scheduler.report_health(id, event);
-            }
-        });
+        spawn_check(state, id, stop);
     }
 }
 
+/// With `health.interval = "off"`, how often a check task looks whether a reload turned
+/// checks on.
+const CHECKS_OFF_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Checks backend `id` at once, then every `health.interval` as configured at each turn,
+/// until `stop`, or until a reload removed the backend and it has finished its work.
+pub fn spawn_check(state: &AppState, id: BackendId, stop: &CancellationToken) {
+    let state = state.clone();
+    let stop = stop.child_token();
+    tokio::spawn(async move {
+        loop {
+            let interval = state.config().health.interval;
+            if interval.is_some() {
+                let event = tokio::select! {
+                    () = stop.cancelled() => return,
+                    event = check(&state, id) => event,
+                };
+                state.scheduler.report_health(id, event);
+            }
+            if state.scheduler.is_drained(id) {
+                return;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval.unwrap_or(CHECKS_OFF_POLL)) => {}
+            }
+        }
+    });
+}
+
 async fn check(state: &AppState, id: BackendId) -> HealthEvent {
-    let backend = &state.backends[id];
+    let backend = &*state.backends.get(id);
     let config = &backend.config;
-    let timeout = Some(state.config.health.timeout);
+    let timeout = Some(state.config().health.timeout);
     let answer = state
         .forwarder
         .call(

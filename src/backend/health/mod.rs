@@ -56,6 +56,16 @@ impl Default for HealthCounter {
 }
 
 impl HealthCounter {
+    /// A backend a reload added: out of rotation until its first check passes.
+    pub fn joining() -> Self {
+        HealthCounter {
+            healthy: false,
+            note: "joining: waits for its first health check".to_owned(),
+            failures: 0,
+            successes: 0,
+        }
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy
     }
