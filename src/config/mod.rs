@@ -500,12 +500,17 @@ mod tests {
             err("[[backends]]\nurl = \"https://gpu:7860\"\ntls_ca_file = \"ca.pem\"\ntls_insecure_skip_verify = true\n"),
             "config key `backends[0].tls_ca_file`: \"ca.pem\" is not valid: expected either tls_ca_file or tls_insecure_skip_verify, not both"
         );
-        let missing = err("[[backends]]\nurl = \"https://gpu:7860\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n");
+        let missing = err(
+            "[[backends]]\nurl = \"https://gpu:7860\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+        );
         assert!(
             missing.starts_with("config key `backends[0].tls_ca_file`: \"/nonexistent/ca.pem\" is not valid: expected a readable PEM file of certificates"),
             "{missing}"
         );
-        let config = from_toml_str("[[backends]]\nurl = \"https://gpu:7860\"\ntls_insecure_skip_verify = true\n").unwrap();
+        let config = from_toml_str(
+            "[[backends]]\nurl = \"https://gpu:7860\"\ntls_insecure_skip_verify = true\n",
+        )
+        .unwrap();
         assert_eq!(config.backends[0].tls, BackendTls::SkipVerify);
     }
 

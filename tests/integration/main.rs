@@ -10,6 +10,7 @@ mod nginx;
 mod observe;
 mod passthrough;
 mod process;
+mod reload;
 mod support;
 mod vram;
 mod webuiapi;
