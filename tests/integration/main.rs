@@ -12,5 +12,6 @@ mod passthrough;
 mod process;
 mod reload;
 mod support;
+mod tls;
 mod vram;
 mod webuiapi;
