@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! In the order a request meets them:
-//! - [`server`] — [`run`]: the accept loop, hyper HTTP/1.1 connections, graceful shutdown.
+//! - [`server`] — [`run`]: the accept loop, hyper HTTP/1.1 connections (TLS when configured),
+//!   graceful shutdown, and the configuration reloaded on `SIGHUP`.
 //! - [`config`] — defaults, TOML file, environment and flags, validated into [`Config`].
 //! - [`state`] — [`AppState`], shared by every handler.
 //! - [`proxy`] — the door: one route classification, observation (id, metrics, access log),
@@ -20,7 +21,8 @@
 //! - [`scheduler`] — which backend runs a generation, and in which order.
 //! - [`backend`] — one Forge server: what the proxy knows of it, its calls, catalog, VRAM,
 //!   health.
-//! - [`forward`] — the streaming forwarder (hop-by-hop headers, `X-Forwarded-*`, upgrades).
+//! - [`forward`] — the streaming forwarder (hop-by-hop headers, `X-Forwarded-*`, upgrades,
+//!   TLS to `https://` backends).
 //! - [`admin`] — the `/proxy/*` routes: health, readiness, status, the dry-run plan, metrics,
 //!   and the record of decisions.
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.

@@ -15,7 +15,7 @@ use crate::backend::{Backend, Backends};
 use crate::config::{BackendConfig, BackendId, Config};
 use crate::forward::upgrade::Tunnels;
 use crate::forward::Forwarder;
-use crate::proxy::request::InspectBudget;
+use crate::proxy::budget::InspectBudget;
 use crate::scheduler::Scheduler;
 
 /// What every handler shares, behind one `Arc`: a clone (axum's `State` makes one per
@@ -157,25 +157,4 @@ pub async fn probe_backends(
     })
     .await
     .map_err(|e| std::io::Error::other(format!("probing the backends' GPUs failed: {e}")))
-}
-
-/// Changes the permits of `semaphore` from `from` to `to`: more are available at once; fewer
-/// as those in use come back.
-pub fn resize(semaphore: &Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
-    if to >= from {
-        semaphore.add_permits(to - from);
-        return;
-    }
-    let excess = from - to;
-    let forgotten = semaphore.forget_permits(excess);
-    if let Ok(rest) = u32::try_from(excess - forgotten) {
-        if rest > 0 {
-            let semaphore = semaphore.clone();
-            tokio::spawn(async move {
-                if let Ok(permits) = semaphore.acquire_many_owned(rest).await {
-                    permits.forget();
-                }
-            });
-        }
-    }
 }

@@ -14,9 +14,9 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::backend::forge::path;
 use crate::config::{Access, BackendConfig, ClientKey, Role};
 use crate::proxy::route::Route;
+use forge_schema::path;
 
 /// The header a client may carry its key in instead of `Authorization`.
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");

@@ -6,7 +6,9 @@
 //! - [`observe`] — request ids, the metrics count, the access log.
 //! - [`pass_through`] — requests the proxy does not manage, forwarded as they are.
 //! - [`request`] — reading a request the proxy inspects, and its head to send it again.
+//! - [`budget`] — the bytes held for inspection at once, resized by a reload.
 
+pub mod budget;
 pub mod dispatch;
 pub mod observe;
 pub mod pass_through;

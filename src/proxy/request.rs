@@ -1,64 +1,18 @@
 //! Reading a request the proxy inspects: its body, bounded, and its head, kept to send it
 //! again (to another backend after a failure, or to each backend in turn).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::ProxyError;
 use crate::forward::client_body::ClientBodyError;
 use crate::forward::content_length;
 use crate::state::AppState;
-
-/// `limits.max_inspected_total`: the bytes of every body held for inspection at once,
-/// counted in KiB as they arrive.
-pub struct InspectBudget {
-    kib: Arc<Semaphore>,
-    limit: AtomicU64,
-}
-
-impl InspectBudget {
-    pub fn new(limit: u64) -> Self {
-        Self {
-            kib: Arc::new(Semaphore::new(Self::kib(limit))),
-            limit: AtomicU64::new(limit),
-        }
-    }
-
-    fn kib(limit: u64) -> usize {
-        usize::try_from(limit / 1024)
-            .unwrap_or(Semaphore::MAX_PERMITS)
-            .min(Semaphore::MAX_PERMITS)
-    }
-
-    pub fn limit(&self) -> u64 {
-        self.limit.load(Ordering::Relaxed)
-    }
-
-    /// A reloaded `limits.max_inspected_total`; bodies held now keep their share.
-    pub fn resize(&self, limit: u64) {
-        let old = self.limit.swap(limit, Ordering::Relaxed);
-        crate::state::resize(&self.kib, Self::kib(old), Self::kib(limit));
-    }
-
-    /// A share of `bytes`, at once or not at all.
-    fn take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
-        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
-        self.kib.clone().try_acquire_many_owned(kib).ok()
-    }
-
-    /// Bytes held now.
-    pub fn held(&self) -> u64 {
-        let total = self.limit() / 1024;
-        total.saturating_sub(self.kib.available_permits() as u64) * 1024
-    }
-}
 
 /// A body held for inspection, with its share of `limits.max_inspected_total`: the share is
 /// given back when this is dropped.

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use forge_schema::model::GenerationRoute;
 use http::Method;
 
-use crate::backend::forge::path;
+use forge_schema::path;
 
 /// The prefix reserved for the proxy's own routes; nothing under it reaches a backend.
 pub const OWN_PREFIX: &str = "/proxy/";

@@ -141,7 +141,7 @@ impl Reloader {
             let limit = config
                 .max_connections
                 .min(connections.fits.unwrap_or(usize::MAX));
-            crate::state::resize(&connections.slots, connections.limit, limit);
+            crate::proxy::budget::resize(&connections.slots, connections.limit, limit);
             connections.limit = limit;
         }
         state.install(config.clone(), self.source.file.clone());
