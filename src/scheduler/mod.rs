@@ -406,8 +406,12 @@ impl Scheduler {
     }
 
     /// Healthy and still configured: may take new work.
+    /// (A backend a reload is adding has no lane for an instant: not yet.)
     pub fn is_healthy(&self, backend: BackendId) -> bool {
-        self.lock().lane(backend).in_rotation()
+        self.lock()
+            .lanes
+            .get(backend.0)
+            .is_some_and(Lane::in_rotation)
     }
 
     /// Gone from the configuration, with nothing running or waiting: its health checks stop.
