@@ -15,6 +15,10 @@
 //! (and, with `on_client_disconnect = "interrupt"`, stops Forge) while its answer is still
 //! written if the client reads it.
 //!
+//! A connection the proxy ends is closed in stages (RFC 9112 §9.6, [`linger`]): what the
+//! client still sends after the proxy's last answer is read and dropped for a while, so an
+//! answer given before a body was read (a 503 `Busy`, a 413) is not lost to a reset.
+//!
 //! The connection's [`Activity`] tells them apart: bytes read while no request is in
 //! flight start a head; a request handed to the proxy is in flight until its response has
 //! been written (or dropped). On shutdown a connection with nothing in flight (idle, or
@@ -25,7 +29,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -74,6 +78,8 @@ struct Activity {
     changed: Notify,
     /// Cancelled when the client closes its side of the connection.
     closed: CancellationToken,
+    /// A response switched protocols: the socket belongs to the tunnel from then on.
+    upgraded: AtomicBool,
 }
 
 /// A request in flight this long is watched for its client closing its side.
@@ -104,6 +110,7 @@ impl Activity {
             busy_since_ms: AtomicU64::new(NONE),
             changed: Notify::new(),
             closed: CancellationToken::new(),
+            upgraded: AtomicBool::new(false),
         }
     }
 
@@ -290,6 +297,46 @@ async fn drive<S>(
     if let Err(e) = served {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
+    if activity.upgraded.load(Ordering::Acquire) {
+        return;
+    }
+    if let Some(socket) = watch.socket() {
+        tokio::select! {
+            () = linger(socket) => {}
+            () = stopping.cancelled() => {}
+        }
+    }
+}
+
+/// How long a closed connection's last bytes are read ([`linger`]): at most this long in
+/// all, and no longer than this without a byte.
+const LINGER_FOR: Duration = Duration::from_secs(10);
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// A staged close (RFC 9112 §9.6). hyper has closed the proxy's sending side; what the
+/// client still sends (a body the proxy answered without reading: a 503 `Busy`, a 413, a
+/// 408) is read and dropped until the client closes too. Closing a socket with unread
+/// bytes resets the connection, and the client may then lose the answer it had not read.
+async fn linger(socket: &TcpStream) {
+    let drain = async {
+        let mut sink = Vec::new();
+        loop {
+            match tokio::time::timeout(LINGER_IDLE, socket.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+            if sink.is_empty() {
+                sink = vec![0u8; 16 * 1024];
+            }
+            match socket.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_FOR, drain).await;
 }
 
 /// Another handle on the client's socket, to watch it while hyper holds the first: taken
@@ -421,6 +468,9 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
             let mut request = request.map(|body| Body::new(ClientBody::new(body, body_idle)));
             request.extensions_mut().insert(closed);
             let response = proxy.handle(Some(client), request).await;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.0.upgraded.store(true, Ordering::Release);
+            }
             Ok(response.map(|body| {
                 Body::new(Written {
                     body,
