@@ -6,6 +6,7 @@ mod cli;
 mod edges;
 mod failures;
 mod gzip;
+mod hostile;
 mod nginx;
 mod observe;
 mod passthrough;
