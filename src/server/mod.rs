@@ -28,7 +28,7 @@ use crate::state::AppState;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
-/// A refused connection gets this long to take its 503.
+/// A refused connection gets this long to take its 503 (and to close its side).
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Descriptors kept for the listener, log files, NVML and the proxy's own calls.
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -219,8 +219,14 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
         body.len()
     );
     let written = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        use tokio::io::AsyncReadExt;
         stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Closed in stages: the client's request, unread, would otherwise reset the
+        // connection before the client has read the refusal.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     })
     .await;
     if let Ok(Err(e)) = written {
