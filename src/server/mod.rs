@@ -28,8 +28,11 @@ use crate::state::AppState;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
-/// A refused connection gets this long to take its 503 (and to close its side).
+/// A refused connection gets this long to send its request's head, then as long to take its
+/// 503 (and to close its side).
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most of a refused connection's head that is read before the refusal.
+const REFUSAL_HEAD_MAX: usize = 16 * 1024;
 /// Descriptors kept for the listener, log files, NVML and the proxy's own calls.
 const RESERVED_DESCRIPTORS: u64 = 64;
 /// A client connection's descriptors: its socket, the second handle that watches it, and a
@@ -218,8 +221,21 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nx-forge-proxy-error: true\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
+    use tokio::io::AsyncReadExt;
+    // The request's head first (as much as comes within the time): a client that is still
+    // writing when the answer comes takes it for an answer to nothing.
+    let mut head = Vec::new();
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        let mut buffer = [0u8; 4096];
+        while head.len() < REFUSAL_HEAD_MAX && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
     let written = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-        use tokio::io::AsyncReadExt;
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await?;
         // Closed in stages: the client's request, unread, would otherwise reset the

@@ -961,3 +961,80 @@ async fn an_answer_given_before_the_body_was_read_survives_the_rest_of_the_uploa
         )
     );
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_get_a_503_and_a_freed_slot_serves_the_next() {
+    let sim = sim().await;
+    let proxy = Proxy::start(&sim.url(), "[limits]\nmax_connections = 2\n").await;
+    // Two connections hold the two slots, sending nothing.
+    let first = TcpStream::connect(proxy.addr).await.unwrap();
+    let second = TcpStream::connect(proxy.addr).await.unwrap();
+    // Accepted in order: by now both are served.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    third
+        .write_all(b"GET /proxy/health HTTP/1.1\r\nhost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let refused = read_answer(&mut third).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let message = "forge-vram-proxy: the proxy has 2 connections open, its limit (limits.max_connections); try again shortly";
+    assert_eq!(
+        refused.json(),
+        json!({"error": "TooManyConnections", "detail": message, "body": "", "message": message, "errors": message})
+    );
+    // A well-behaved client is refused with an answer it can read, not a broken request.
+    let refused = client()
+        .get(proxy.url("/proxy/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    drop(first);
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = TcpStream::connect(proxy.addr).await.unwrap();
+        next.write_all(b"GET /proxy/health HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut next).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the freed slot never served: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A well-behaved client is refused with an answer it can read, not a broken request.
+    let refused = client()
+        .get(proxy.url("/proxy/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(second);
+    let until = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let answer = client()
+            .get(proxy.url("/proxy/metrics"))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == StatusCode::OK {
+            break answer.text().await.unwrap();
+        }
+        assert!(Instant::now() < until, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let refusals: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("forge_proxy_connections_refused_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no refusal count in:\n{metrics}"));
+    assert!(refusals >= 2, "{refusals}");
+}
