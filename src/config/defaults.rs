@@ -155,6 +155,8 @@ impl Default for RawBackend {
             gpu: GpuSelector::Index(0),
             vram_source: VramPreference::Auto,
             auth: None,
+            auth_env: None,
+            auth_file: None,
             profiles: Vec::new(),
             weight: 1.0,
             tls_ca_file: None,

@@ -515,6 +515,48 @@ mod tests {
     }
 
     #[test]
+    fn backend_credentials_come_from_auth_auth_env_or_auth_file_and_one_only() {
+        let dir = std::env::temp_dir().join(format!("fvp-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("forge-auth");
+        std::fs::write(&file, "forge:from-a-file\n").unwrap();
+        let config = from_toml_str(&format!(
+            "[[backends]]\nurl = \"http://gpu:7860\"\nauth_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        use base64::Engine as _;
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("forge:from-a-file")
+        );
+        assert_eq!(
+            config.backends[0].authorization.as_ref().unwrap(),
+            &expected
+        );
+        let err = from_toml_str(&format!(
+            "[[backends]]\nurl = \"http://gpu:7860\"\nauth = \"a:b\"\nauth_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `backends[0]`: \"http://gpu:7860\" is not valid: expected at most one of auth, auth_env, auth_file"
+        );
+        std::fs::write(&file, "no-colon\n").unwrap();
+        let err = from_toml_str(&format!(
+            "[[backends]]\nurl = \"http://gpu:7860\"\nauth_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `backends[0].auth_file`: \"(hidden)\" is not valid: expected user:password"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn the_listener_needs_both_tls_files() {
         let err = from_toml_str("[tls]\ncert_file = \"cert.pem\"\n").unwrap_err();
         assert_eq!(

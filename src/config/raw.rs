@@ -48,6 +48,11 @@ pub struct RawBackend {
     /// sent no credentials.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// The same pair from an environment variable, or from a file (a mounted secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_file: Option<String>,
     /// Profiles this backend may serve (empty: all), e.g. only the 24 GiB card takes Flux.
     pub profiles: Vec<String>,
     /// Relative speed: a backend with weight 2 is expected to finish in half the time.

@@ -297,26 +297,8 @@ fn client_key(i: usize, raw: &RawKey) -> Result<ClientKey, ConfigError> {
                 "64 hexadecimal digits: the SHA-256 of the key",
             )
         })?,
-        (_, _, Some(var), _) => match std::env::var(var) {
-            Ok(text) => secret(text, "key_env")?,
-            Err(_) => {
-                return Err(invalid(
-                    key("key_env"),
-                    var,
-                    "an environment variable that is set",
-                ))
-            }
-        },
-        (_, _, _, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => secret(text, "key_file")?,
-            Err(e) => {
-                return Err(invalid(
-                    key("key_file"),
-                    path,
-                    &format!("a readable file ({e})"),
-                ))
-            }
-        },
+        (_, _, Some(var), _) => secret(from_env(&key("key_env"), var)?, "key_env")?,
+        (_, _, _, Some(path)) => secret(from_file(&key("key_file"), path)?, "key_file")?,
         _ => unreachable!("exactly one source was checked above"),
     };
     Ok(ClientKey {
@@ -325,6 +307,16 @@ fn client_key(i: usize, raw: &RawKey) -> Result<ClientKey, ConfigError> {
         role: raw.role,
         max_queued: raw.max_queued,
     })
+}
+
+/// A secret kept in the environment variable `var` (named by config key `key`).
+fn from_env(key: &str, var: &str) -> Result<String, ConfigError> {
+    std::env::var(var).map_err(|_| invalid(key, var, "an environment variable that is set"))
+}
+
+/// A secret kept in the file `path` (named by config key `key`).
+fn from_file(key: &str, path: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| invalid(key, path, &format!("a readable file ({e})")))
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -480,21 +472,7 @@ impl BackendConfig {
             preserve_host: raw.preserve_host,
             url: raw.url.clone(),
             gpu: raw.gpu.clone(),
-            authorization: match &raw.auth {
-                None => None,
-                Some(auth) if auth.contains(':') => {
-                    use base64::Engine as _;
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(auth);
-                    http::HeaderValue::from_str(&format!("Basic {encoded}")).ok()
-                }
-                Some(_) => {
-                    return Err(invalid(
-                        format!("backends[{index}].auth"),
-                        "(hidden)",
-                        "user:password",
-                    ))
-                }
-            },
+            authorization: backend_auth(index, raw)?,
             profiles: Vec::new(),
             weight: if raw.weight.is_finite() && raw.weight > 0.0 {
                 raw.weight
@@ -509,6 +487,34 @@ impl BackendConfig {
             tls,
         })
     }
+}
+
+/// `Authorization: Basic …` from `auth`, `auth_env` or `auth_file` (at most one): Forge's
+/// `--api-auth` pair.
+fn backend_auth(index: usize, raw: &RawBackend) -> Result<Option<http::HeaderValue>, ConfigError> {
+    let key = |field: &str| format!("backends[{index}].{field}");
+    let (field, pair) = match (&raw.auth, &raw.auth_env, &raw.auth_file) {
+        (None, None, None) => return Ok(None),
+        (Some(pair), None, None) => ("auth", pair.clone()),
+        (None, Some(var), None) => ("auth_env", from_env(&key("auth_env"), var)?),
+        (None, None, Some(path)) => ("auth_file", from_file(&key("auth_file"), path)?),
+        _ => {
+            return Err(invalid(
+                format!("backends[{index}]"),
+                &raw.url,
+                "at most one of auth, auth_env, auth_file",
+            ))
+        }
+    };
+    let pair = pair.trim();
+    if !pair.contains(':') {
+        return Err(invalid(key(field), "(hidden)", "user:password"));
+    }
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    http::HeaderValue::from_str(&format!("Basic {encoded}"))
+        .map(Some)
+        .map_err(|_| invalid(key(field), "(hidden)", "user:password"))
 }
 
 /// How an `https://` backend's certificate is checked; the TLS keys of an `http://` one are
