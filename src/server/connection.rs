@@ -249,26 +249,9 @@ async fn drive<S>(
     tokio::pin!(connection);
     let mut shutting_down = false;
     let served = loop {
-        let deadline = activity.deadline(&timeouts);
-        let expires = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expires = until(activity.deadline(&timeouts).map(|(at, _)| at));
         let watch_from = activity.watch_from().filter(|_| watch.possible());
-        let client_closes = async {
-            match watch_from {
-                Some(from) => {
-                    tokio::time::sleep_until(from).await;
-                    match watch.socket() {
-                        Some(socket) => closed_by_client(socket).await,
-                        None => std::future::pending().await,
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let client_closes = client_closes(&mut watch, watch_from);
         tokio::select! {
             served = connection.as_mut() => break served,
             () = expires => {
@@ -297,14 +280,34 @@ async fn drive<S>(
     if let Err(e) = served {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
-    if activity.upgraded.load(Ordering::Acquire) {
-        return;
-    }
-    if let Some(socket) = watch.socket() {
-        tokio::select! {
-            () = linger(socket) => {}
-            () = stopping.cancelled() => {}
+    if !activity.upgraded.load(Ordering::Acquire) {
+        if let Some(socket) = watch.socket() {
+            tokio::select! {
+                () = linger(socket) => {}
+                () = stopping.cancelled() => {}
+            }
         }
+    }
+}
+
+/// Completes at `at`; never without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when the client closes its side, watched from `from` on; never without a
+/// watch.
+async fn client_closes(watch: &mut Watch, from: Option<Instant>) {
+    let Some(from) = from else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep_until(from).await;
+    match watch.socket() {
+        Some(socket) => closed_by_client(socket).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -65,102 +65,132 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     source: Option<reload::Source>,
 ) -> std::io::Result<()> {
-    let grace = config.timeouts.shutdown_grace;
     warn_if_open(&listener, &config);
     let state = AppState::build(config).await?;
     let background = CancellationToken::new();
     crate::backend::health::check::spawn_checks(&state, &background);
-    let proxy = app(state.clone());
-    let stopping = CancellationToken::new();
-    let connections = TaskTracker::new();
     let fits = descriptors_fit();
     let limit = connection_limit(state.config().max_connections, fits);
-    let slots = Arc::new(Semaphore::new(limit));
+    let clients = Clients {
+        proxy: app(state.clone()),
+        state: state.clone(),
+        slots: Arc::new(Semaphore::new(limit)),
+        limit,
+        reloader: None,
+        stopping: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
     if let Some(source) = &source {
         state.install(state.config(), source.file.clone());
     }
     let reloader = source.map(|source| {
+        let connections = reload::Connections {
+            slots: clients.slots.clone(),
+            limit,
+            fits,
+        };
         Arc::new(reload::Reloader::new(
             source,
             state.clone(),
             background.clone(),
-            reload::Connections {
-                slots: slots.clone(),
-                limit,
-                fits,
-            },
+            connections,
         ))
     });
+    let clients = Clients {
+        reloader: reloader.clone(),
+        ..clients
+    };
     let mut hangups = reload::Hangups::listen(reloader.is_some());
     let _stop_background = background.drop_guard();
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    accept_errors.failed(&e).await;
-                    continue;
-                }
+                Ok((stream, peer)) => clients.open(stream, peer),
+                Err(e) => accept_errors.failed(&e).await,
             },
             () = hangups.next() => {
-                if let Some(reloader) = &reloader {
-                    let reloader = reloader.clone();
+                if let Some(reloader) = reloader.clone() {
                     tokio::spawn(async move { reloader.reload().await });
                 }
-                continue;
             }
             () = &mut shutdown => break,
-        };
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                // Each connection takes the configuration in force when it opens.
-                let config = state.config();
-                let timeouts = connection::Timeouts {
-                    client_header: config.timeouts.client_header,
-                    keep_alive: config.timeouts.keep_alive,
-                    client_body_idle: config.timeouts.client_body_idle,
-                };
-                let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-                connections.spawn(connection::serve(
-                    stream,
-                    peer,
-                    proxy.clone(),
-                    timeouts,
-                    stopping.clone(),
-                    slot,
-                    tls,
-                ));
-            }
-            Err(_) => {
-                state.metrics.connection_refused();
-                let limit = reloader.as_ref().map_or(limit, |r| r.connection_limit());
-                connections.spawn(refuse(stream, limit));
-            }
         }
     }
     drop(listener);
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    stopping.cancel();
-    state.stopping.cancel();
-    connections.close();
-    state.work.close();
-    // In-flight requests, then what outlives them: generations whose client left (Forge is
-    // still running them), upgraded connections (closing now).
-    let drained = async {
-        connections.wait().await;
-        state.work.wait().await;
-    };
-    match grace {
-        Some(grace) => {
-            if tokio::time::timeout(grace, drained).await.is_err() {
-                tracing::warn!("shutdown grace period over: closing the remaining connections");
-            }
-        }
-        None => drained.await,
-    }
+    clients.close().await;
     Ok(())
+}
+
+/// The client connections: their slots under `limits.max_connections`, their tasks, and
+/// their end at shutdown.
+struct Clients {
+    proxy: crate::proxy::Proxy,
+    state: AppState,
+    slots: Arc<Semaphore>,
+    /// The limit at start (a reload may change it: the reloader knows the one in force).
+    limit: usize,
+    reloader: Option<Arc<reload::Reloader>>,
+    /// Cancelled at shutdown: quiet connections close at once.
+    stopping: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Clients {
+    /// Serves a new connection with the configuration in force, or refuses it when every
+    /// slot is taken.
+    fn open(&self, stream: TcpStream, peer: SocketAddr) {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.state.metrics.connection_refused();
+            let limit = self
+                .reloader
+                .as_ref()
+                .map_or(self.limit, |r| r.connection_limit());
+            self.tasks.spawn(refuse(stream, limit));
+            return;
+        };
+        let config = self.state.config();
+        let timeouts = connection::Timeouts {
+            client_header: config.timeouts.client_header,
+            keep_alive: config.timeouts.keep_alive,
+            client_body_idle: config.timeouts.client_body_idle,
+        };
+        let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        self.tasks.spawn(connection::serve(
+            stream,
+            peer,
+            self.proxy.clone(),
+            timeouts,
+            self.stopping.clone(),
+            slot,
+            tls,
+        ));
+    }
+
+    /// In-flight requests, then what outlives them: generations whose client left (Forge is
+    /// still running them), upgraded connections (closing now); for at most
+    /// `timeouts.shutdown_grace` as configured now.
+    async fn close(self) {
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let state = &self.state;
+        self.stopping.cancel();
+        state.stopping.cancel();
+        self.tasks.close();
+        state.work.close();
+        let drained = async {
+            self.tasks.wait().await;
+            state.work.wait().await;
+        };
+        match state.config().timeouts.shutdown_grace {
+            Some(grace) => {
+                if tokio::time::timeout(grace, drained).await.is_err() {
+                    tracing::warn!("shutdown grace period over: closing the remaining connections");
+                }
+            }
+            None => drained.await,
+        }
+    }
 }
 
 /// Listening beyond loopback without client keys lets anyone who reaches the port change
