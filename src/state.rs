@@ -53,6 +53,10 @@ pub struct Shared {
     pub work: TaskTracker,
     /// Cancelled when the server stops: upgraded connections close.
     pub stopping: CancellationToken,
+    /// How many watch `/proxy/events` now.
+    pub watchers: std::sync::atomic::AtomicUsize,
+    /// The last hour, for the dashboard's charts.
+    pub history: crate::admin::live::History,
 }
 
 impl AppState {
@@ -100,6 +104,8 @@ impl AppState {
             nvml_error,
             work,
             stopping,
+            watchers: std::sync::atomic::AtomicUsize::new(0),
+            history: crate::admin::live::History::default(),
         })))
     }
 }

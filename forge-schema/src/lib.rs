@@ -22,6 +22,7 @@ pub mod path {
     pub const REFRESH_CHECKPOINTS: &str = "/sdapi/v1/refresh-checkpoints";
     pub const PROGRESS: &str = "/sdapi/v1/progress";
     pub const INTERRUPT: &str = "/sdapi/v1/interrupt";
+    pub const UNLOAD_CHECKPOINT: &str = "/sdapi/v1/unload-checkpoint";
     pub const SKIP: &str = "/sdapi/v1/skip";
     pub const TXT2IMG: &str = "/sdapi/v1/txt2img";
     pub const IMG2IMG: &str = "/sdapi/v1/img2img";

@@ -121,7 +121,9 @@ pub fn need(
         Route::Own => match path {
             "/proxy/health" | "/proxy/ready" => Need::Open,
             _ if path.starts_with("/proxy/plan/") => Need::Role(Role::Generate),
-            _ => Need::Role(Role::Read),
+            _ if read_only => Need::Role(Role::Read),
+            // The admin actions: drain, resume, unload, interrupt.
+            _ => Need::Role(Role::Admin),
         },
         Route::Generation(_) => Need::Role(Role::Generate),
         _ if method == Method::POST

@@ -4,12 +4,19 @@
 //! - [`status`] — `/proxy/status`.
 //! - [`plan`] — `/proxy/plan/{route}`, the dry run.
 //! - [`metrics`] — the Prometheus registry and `/proxy/metrics`.
-//! - [`decisions`] — the last decisions, shown by the status.
+//! - [`decisions`] — the last decisions and admin actions, shown by the status and logged.
+//! - [`actions`] — `/proxy/backends/{n}/{drain,resume,unload,interrupt}`.
+//! - [`live`] — `/proxy/events` (server-sent events), Forge's progress while watched,
+//!   `/proxy/history` (the last hour).
+//! - [`ui`] — `/proxy/ui`, the dashboard page.
 
+pub mod actions;
 pub mod decisions;
+pub mod live;
 pub mod metrics;
 pub mod plan;
 pub mod status;
+pub mod ui;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -30,6 +37,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/proxy/status", get(status::status))
         .route("/proxy/metrics", get(metrics_text))
         .route("/proxy/plan/{route}", post(plan::plan))
+        .route("/proxy/backends/{n}/{action}", post(actions::act))
+        .route("/proxy/events", get(live::events))
+        .route("/proxy/ui", get(ui::page))
+        .route("/proxy/history", get(live::history))
         .fallback(unknown_proxy_route)
         .with_state(state)
 }
@@ -49,10 +60,14 @@ async fn ready(State(state): State<AppState>) -> Response {
         .zip(&status.backends)
         .filter(|(_, lane)| !lane.retired)
         .map(|(backend, lane)| {
-            json!({"url": backend.config.url, "healthy": lane.healthy, "health": lane.health})
+            json!({"url": backend.config.url, "healthy": lane.healthy, "health": lane.health, "drained": lane.drained})
         })
         .collect();
-    let (code, word) = if status.backends.iter().any(|l| l.healthy && !l.retired) {
+    let (code, word) = if status
+        .backends
+        .iter()
+        .any(|l| l.healthy && !l.retired && !l.drained)
+    {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

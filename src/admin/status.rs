@@ -17,6 +17,11 @@ pub async fn status(
     State(state): State<AppState>,
     Extension(client): Extension<Caller>,
 ) -> Json<Value> {
+    Json(snapshot(&state, &client))
+}
+
+/// What `/proxy/status` shows `client` now (`/proxy/events` sends the same).
+pub fn snapshot(state: &AppState, client: &Caller) -> Value {
     let scheduler = state.scheduler.snapshot();
     let config = state.config();
     let backends: Vec<Value> = state
@@ -48,6 +53,8 @@ pub async fn status(
                 "healthy": lane.healthy,
                 "health": lane.health,
                 "retired": lane.retired,
+                "drained": lane.drained,
+                "forge_progress": view.progress,
                 "credentials": view.credentials.as_str(),
                 "loaded_profile": lane.loaded_profile,
                 "running": lane.running,
@@ -62,7 +69,7 @@ pub async fn status(
         })
         .collect();
     let loaded = state.loaded.load();
-    Json(json!({
+    json!({
         "config": {
             "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
             "file": loaded.file,
@@ -75,6 +82,6 @@ pub async fn status(
             "retries": scheduler.retries,
             "max_bypassed": scheduler.max_bypassed,
         },
-        "decisions": state.decisions.recent(&client),
-    }))
+        "decisions": state.decisions.recent(client),
+    })
 }

@@ -158,6 +158,24 @@ impl Forge<'_> {
             .map(drop)
     }
 
+    /// `POST /sdapi/v1/unload-checkpoint`: Forge frees the model's memory.
+    pub async fn unload_checkpoint(&self) -> Result<(), ForgeError> {
+        self.exchange(Method::POST, path::UNLOAD_CHECKPOINT, None)
+            .await
+            .map(drop)
+    }
+
+    /// Forge's progress of what it runs (without the preview image).
+    pub async fn progress(&self) -> Result<Value, ForgeError> {
+        const WITHOUT_IMAGE: &str = "/sdapi/v1/progress?skip_current_image=true";
+        let body = self.exchange(Method::GET, WITHOUT_IMAGE, None).await?;
+        serde_json::from_slice(&body).map_err(|e| ForgeError::Invalid {
+            method: Method::GET,
+            path: WITHOUT_IMAGE,
+            detail: format!("not JSON: {e}"),
+        })
+    }
+
     /// `cuda.system` of `/sdapi/v1/memory`: the whole device, in bytes, converted to MiB.
     pub async fn memory(&self) -> Result<BackendMemory, ForgeError> {
         let body = self.exchange(Method::GET, MEMORY, None).await?;

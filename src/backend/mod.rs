@@ -90,6 +90,33 @@ pub struct View {
     pub reading_error: Option<String>,
     /// What the last health check learned of Forge's `--api-auth`.
     pub credentials: Credentials,
+    /// Forge's progress of the generation it runs, as last polled while someone watches
+    /// `/proxy/events`.
+    pub progress: Option<ForgeProgress>,
+}
+
+/// The part of Forge's `/sdapi/v1/progress` the dashboard shows.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ForgeProgress {
+    /// 0 to 1.
+    pub progress: f64,
+    pub eta_relative: f64,
+    pub job: String,
+    pub sampling_step: i64,
+    pub sampling_steps: i64,
+}
+
+impl ForgeProgress {
+    pub fn of(answer: &Value) -> Self {
+        let state = &answer["state"];
+        ForgeProgress {
+            progress: answer["progress"].as_f64().unwrap_or(0.0),
+            eta_relative: answer["eta_relative"].as_f64().unwrap_or(0.0),
+            job: state["job"].as_str().unwrap_or_default().to_owned(),
+            sampling_step: state["sampling_step"].as_i64().unwrap_or(0),
+            sampling_steps: state["sampling_steps"].as_i64().unwrap_or(0),
+        }
+    }
 }
 
 /// Whether the backend wants credentials the proxy's own calls can give, as the health check

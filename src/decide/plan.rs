@@ -94,6 +94,8 @@ pub struct Plan {
     pub computed: Option<MemoryDecision>,
     /// The `forge_inference_memory` the generation runs with.
     pub inference_memory_mib: Option<u64>,
+    /// Forge's `forge_inference_memory` before (as the proxy knew it).
+    pub inference_before_mib: Option<u64>,
     /// GPU Weights as Forge's slider shows it: total - inference.
     pub gpu_weights_mib: Option<u64>,
     /// Options the proxy sends first (empty: none needed).
@@ -180,6 +182,11 @@ pub fn plan(config: &Config, inputs: &Inputs<'_>) -> Result<Plan, PlanError> {
         unknown_checkpoint: chosen.unknown_checkpoint,
         computed: memory.computed,
         inference_memory_mib: memory.in_effect,
+        inference_before_mib: inputs
+            .current
+            .get(key::INFERENCE_MEMORY)
+            .and_then(Value::as_f64)
+            .map(|mib| mib.max(0.0) as u64),
         gpu_weights_mib: memory.gpu_weights,
         options,
         outcome,

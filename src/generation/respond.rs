@@ -65,6 +65,7 @@ impl Told {
         state
             .metrics
             .generation_seconds(&backend.config.url, &self.profile, took.as_secs_f64());
+        state.history.generation(&self.profile, took.as_secs_f64());
     }
 }
 
@@ -88,6 +89,7 @@ pub fn note_profile(
         state
             .metrics
             .profile_switch(&backend.config.url, previous, &plan.profile_name);
+        state.history.reload();
     }
     if let Some(mib) = plan.inference_memory_mib {
         state.metrics.inference_memory(&backend.config.url, mib);

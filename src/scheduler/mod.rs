@@ -75,6 +75,8 @@ struct Lane {
     loaded: Option<ProfileId>,
     /// Gone from the configuration: takes no new work, finishes what it has.
     retired: bool,
+    /// Taken out of rotation by an admin: takes no new work, finishes what runs.
+    drained: bool,
 }
 
 impl Lane {
@@ -85,12 +87,13 @@ impl Lane {
             running: None,
             loaded: None,
             retired: false,
+            drained: false,
         }
     }
 
-    /// May take new work: healthy, and still configured.
+    /// May take new work: healthy, still configured, not drained.
     fn in_rotation(&self) -> bool {
-        !self.retired && self.health.is_healthy()
+        !self.retired && !self.drained && self.health.is_healthy()
     }
 }
 
@@ -152,6 +155,9 @@ pub struct Scheduler {
     config: ArcSwap<Config>,
     metrics: Metrics,
     queues: Mutex<Queues>,
+    /// Counts every change of a queue, a running work, a backend's health or rotation:
+    /// `/proxy/events` sends the status again when it moves.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// A place in a backend's queue; dropping it (the client went away) leaves the queue.
@@ -187,6 +193,7 @@ impl Scheduler {
         Arc::new(Self {
             config: ArcSwap::new(config),
             metrics,
+            changes: tokio::sync::watch::Sender::new(0),
             queues: Mutex::new(Queues {
                 lanes,
                 next_ticket: 1,
@@ -206,6 +213,47 @@ impl Scheduler {
 
     fn config(&self) -> arc_swap::Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// Something `/proxy/status` shows changed.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Moves on each change of what `/proxy/status` shows of queues, work and health.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Takes `backend` out of rotation (`drained`: its queued generations move to the
+    /// others, the running one finishes) or puts it back.
+    pub fn set_drained(self: &Arc<Self>, backend: BackendId, drained: bool) -> Result<(), String> {
+        let mut queues = self.lock();
+        let Some(lane) = queues.lanes.get_mut(backend.0) else {
+            return Err(format!("no backend {}", backend.0));
+        };
+        if lane.retired {
+            return Err("removed from the configuration".to_owned());
+        }
+        lane.drained = drained;
+        if drained {
+            let (stay, moving): (VecDeque<Waiter>, VecDeque<Waiter>) =
+                lane.waiting.drain(..).partition(|w| w.pinned.is_some());
+            lane.waiting = stay;
+            for waiter in moving {
+                let waiter = Waiter {
+                    bypassed: 0,
+                    ..waiter
+                };
+                if let Err(refused) = self.place_moved(&mut queues, waiter, backend) {
+                    tracing::warn!(backend = %backend, error = %refused, "a generation queued on a drained backend could not move");
+                }
+            }
+        } else {
+            self.dispatch(&mut queues, backend);
+        }
+        self.publish_lengths(&queues);
+        Ok(())
     }
 
     /// Places a generation of `profile` (`None`: decided by the backend's checkpoint) on a
@@ -334,6 +382,7 @@ impl Scheduler {
             queues.lane_mut(*id).retired = true;
         }
         self.config.store(config);
+        self.changed();
         // Waiters on a retired backend stay there (it drains its queue); idle new backends
         // take work queued elsewhere once their first health check passes.
     }
@@ -348,6 +397,7 @@ impl Scheduler {
     }
 
     fn publish_lengths(&self, queues: &Queues) {
+        self.changed();
         let config = self.config();
         for (lane, backend) in queues.lanes.iter().zip(&config.backends) {
             self.metrics
@@ -380,7 +430,11 @@ impl Scheduler {
     pub fn report_health(self: &Arc<Self>, backend: BackendId, event: HealthEvent) {
         let mut queues = self.lock();
         let lane = queues.lane_mut(backend);
-        match lane.health.observe(event, &self.config().health) {
+        let transition = lane.health.observe(event, &self.config().health);
+        if transition.is_some() {
+            self.changed();
+        }
+        match transition {
             None => {}
             Some(Transition::Recovered) => {
                 tracing::info!(backend = %backend, "backend is healthy again");
@@ -436,24 +490,31 @@ impl Scheduler {
             backends: queues
                 .lanes
                 .iter()
-                .map(|l| LaneStatus {
+                .enumerate()
+                .map(|(i, l)| (l, self.expected_starts(&queues, BackendId(i))))
+                .map(|(l, starts)| LaneStatus {
                     healthy: l.health.is_healthy(),
                     health: l.health.note().to_owned(),
                     retired: l.retired,
+                    drained: l.drained,
                     loaded_profile: name(l.loaded),
                     running: l.running.as_ref().map(|r| RunningStatus {
                         work: r.work,
                         profile: name(r.profile),
+                        key: r.client.key_name().map(str::to_owned),
                         for_ms: r.started.elapsed().as_millis() as u64,
                         client_left: r.client_left,
                     }),
                     queue: l
                         .waiting
                         .iter()
-                        .map(|w| WaitingStatus {
+                        .zip(starts)
+                        .map(|(w, start)| WaitingStatus {
                             work: w.work,
                             profile: name(w.profile),
+                            key: w.client.key_name().map(str::to_owned),
                             waited_ms: w.arrived.elapsed().as_millis() as u64,
+                            expected_start_ms: start.as_millis() as u64,
                             bypassed: w.bypassed,
                         })
                         .collect(),
@@ -510,6 +571,8 @@ pub struct LaneStatus {
     pub health: String,
     /// Removed from the configuration by a reload: finishing its work, taking no more.
     pub retired: bool,
+    /// Taken out of rotation by an admin.
+    pub drained: bool,
     pub loaded_profile: Option<String>,
     pub running: Option<RunningStatus>,
     pub queue: Vec<WaitingStatus>,
@@ -519,6 +582,9 @@ pub struct LaneStatus {
 pub struct RunningStatus {
     pub work: Work,
     pub profile: Option<String>,
+    /// The client key's name, when keys are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub for_ms: u64,
     /// The client went away; Forge is finishing the work, the backend stays held.
     pub client_left: bool,
@@ -528,7 +594,11 @@ pub struct RunningStatus {
 pub struct WaitingStatus {
     pub work: Work,
     pub profile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub waited_ms: u64,
+    /// From now, as the learned durations and reload cost expect it.
+    pub expected_start_ms: u64,
     pub bypassed: u32,
 }
 
@@ -600,10 +670,18 @@ impl Grant {
             running.profile = Some(profile);
         }
         lane.loaded = Some(profile);
+        self.scheduler.changed();
         self.had = before;
         self.profile = Some(profile);
         self.config = here;
         had
+    }
+
+    /// The backend unloaded its model: nothing is loaded.
+    pub fn unloaded(&self) {
+        let mut queues = self.scheduler.lock();
+        queues.lane_mut(self.backend).loaded = None;
+        self.scheduler.changed();
     }
 
     /// The client of this work went away: `/proxy/status` shows the backend still held.
@@ -616,6 +694,7 @@ impl Grant {
             .filter(|r| r.ticket == self.ticket)
         {
             running.client_left = true;
+            self.scheduler.changed();
         }
     }
 }

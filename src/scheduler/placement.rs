@@ -122,6 +122,33 @@ impl Scheduler {
         (running + waiting).div_f64(self.config().backend(backend).weight)
     }
 
+    /// When each waiter of `backend` is expected to start, in queue order: what runs, and
+    /// those ahead with their reloads (as [`Scheduler::expected_wait`] counts them).
+    pub(super) fn expected_starts(&self, queues: &Queues, backend: BackendId) -> Vec<Duration> {
+        let lane = queues.lane(backend);
+        let estimates = &queues.estimates;
+        let weight = self.config().backend(backend).weight;
+        let mut ahead = lane.running.as_ref().map_or(Duration::ZERO, |r| {
+            estimates
+                .duration(r.profile)
+                .saturating_sub(r.started.elapsed())
+        });
+        let mut loaded = lane
+            .running
+            .as_ref()
+            .map_or(lane.loaded, |r| r.profile.or(lane.loaded));
+        let mut starts = Vec::with_capacity(lane.waiting.len());
+        for w in &lane.waiting {
+            if w.profile.is_some() && w.profile != loaded {
+                ahead += estimates.reload(w.profile);
+                loaded = w.profile;
+            }
+            starts.push(ahead.div_f64(weight));
+            ahead += estimates.duration(w.profile);
+        }
+        starts
+    }
+
     /// Re-places a waiter taken from a backend out of rotation; tells it when nowhere is left.
     pub(super) fn place_moved(
         self: &Arc<Self>,

@@ -69,6 +69,8 @@ async fn serve(
     let state = AppState::build(config).await?;
     let background = CancellationToken::new();
     crate::backend::health::check::spawn_checks(&state, &background);
+    crate::admin::live::spawn_progress_poller(&state, &background);
+    crate::admin::live::spawn_sampler(&state, &background);
     let fits = descriptors_fit();
     let limit = connection_limit(state.config().max_connections, fits);
     let clients = Clients {
