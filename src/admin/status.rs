@@ -70,6 +70,13 @@ pub fn snapshot(state: &AppState, client: &Caller) -> Value {
         .collect();
     let loaded = state.loaded.load();
     json!({
+        // Who asks: the page shows admin actions to those who may take them.
+        "you": {
+            "keys_configured": !config.access.keys.is_empty(),
+            "key": client.key_name(),
+            "role": client.key.as_ref().map(|k| k.role),
+            "admin": client.is_admin(),
+        },
         "config": {
             "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
             "file": loaded.file,
