@@ -108,9 +108,7 @@ impl Proxy {
             Route::RefreshCheckpoints => {
                 pass_through::refresh_checkpoints(state, &client, request).await
             }
-            Route::Progress => {
-                pass_through::forward(state, &client, request, Follow::ClientsGeneration).await
-            }
+            Route::Progress => pass_through::progress(state, &client, request).await,
             Route::Stop(stop) => pass_through::stop(state, &client, request, stop).await,
             Route::Own | Route::PassThrough => {
                 pass_through::forward(state, &client, request, Follow::Any).await

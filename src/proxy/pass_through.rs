@@ -35,6 +35,44 @@ pub async fn forward(
     )
 }
 
+/// `progress`: while the client's generation waits in the proxy's queue, the proxy answers
+/// in Forge's shape (`progress` 0, `eta_relative` the expected wait, `state.job` saying how
+/// much is ahead) rather than let it see another client's job; otherwise to the backend
+/// running its generation.
+pub async fn progress(state: &AppState, client: &Caller, request: Request<Body>) -> Response {
+    let Some((ahead, wait)) = state.scheduler.queued_for(client) else {
+        return forward(state, client, request, Follow::ClientsGeneration).await;
+    };
+    let answer = serde_json::json!({
+        "progress": 0.0,
+        "eta_relative": wait.as_secs_f64(),
+        "state": {
+            "skipped": false,
+            "interrupted": false,
+            "stopping_generation": false,
+            "job": format!("queued: {ahead} ahead"),
+            "job_count": 0,
+            "job_timestamp": "0",
+            "job_no": 0,
+            "sampling_step": 0,
+            "sampling_steps": 0,
+        },
+        "current_image": null,
+        "textinfo": format!("Waiting in forge-vram-proxy's queue: {ahead} ahead"),
+    });
+    let mut response = Response::new(Body::from(answer.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "x-forge-proxy-queued",
+        http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 /// `interrupt` / `skip`: to the backend running the client's generation. A key that is not
 /// an admin's acts on its own generations only: when none runs, the proxy answers as Forge
 /// answers when nothing runs, and another key's generation is left alone.

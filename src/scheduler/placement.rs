@@ -301,6 +301,32 @@ impl Scheduler {
             .map(|(id, _)| id)
     }
 
+    /// Where `client`'s generation waits, when one waits and none of its runs (the client
+    /// as progress routing knows it, by address): the work ahead of it on its backend and
+    /// the expected wait.
+    pub fn queued_for(&self, client: &Caller) -> Option<(usize, Duration)> {
+        client.addr?;
+        let queues = self.lock();
+        let mine = |c: &Caller| c.addr == client.addr;
+        let running = queues
+            .lanes
+            .iter()
+            .filter_map(|l| l.running.as_ref())
+            .any(|r| r.work == Work::Generation && mine(&r.client));
+        if running {
+            return None;
+        }
+        queues.lanes.iter().enumerate().find_map(|(i, lane)| {
+            let index = lane
+                .waiting
+                .iter()
+                .position(|w| w.work == Work::Generation && mine(&w.client))?;
+            let ahead = index + usize::from(lane.running.is_some());
+            let wait = self.expected_starts(&queues, BackendId(i))[index];
+            Some((ahead, wait))
+        })
+    }
+
     /// The shortest expected wait for a new generation on a healthy backend (zero when one
     /// is free or none is healthy): a Retry-After for a client refused for want of room.
     pub fn shortest_wait(&self) -> Duration {

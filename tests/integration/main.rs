@@ -9,6 +9,7 @@ mod gzip;
 mod hostile;
 mod nginx;
 mod observe;
+mod operator;
 mod passthrough;
 mod process;
 mod reload;
