@@ -30,8 +30,17 @@ pub fn request_id(headers: &http::HeaderMap) -> &str {
         .unwrap_or("-")
 }
 
+/// Whether the log is JSON: a line that reads well as text gives its parts as fields there
+/// only.
+pub fn json_logs() -> bool {
+    JSON_LOGS.get().copied().unwrap_or(false)
+}
+
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init_tracing(format: LogFormat, level: &str) {
+    let _ = JSON_LOGS.set(format == LogFormat::Json);
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_wins = from_env.is_some();
     let filter = from_env
