@@ -7,6 +7,7 @@ mod edges;
 mod failures;
 mod gzip;
 mod hostile;
+mod monitoring;
 mod nginx;
 mod observe;
 mod operator;
