@@ -113,6 +113,7 @@ struct Inner {
     inference_memory: Family<BackendLabels, MibGauge>,
     profile_switches: Family<ProfileSwitchLabels, Counter>,
     queue_length: Family<BackendLabels, MibGauge>,
+    in_rotation: Family<BackendLabels, MibGauge>,
     queue_wait: HistogramFamily<BackendLabels>,
     reloads_avoided: Family<BackendLabels, Counter>,
     retries: Counter,
@@ -160,8 +161,13 @@ impl Metrics {
             connections_refused: registered(&mut r, "connections_refused", "Client connections refused at limits.max_connections", Counter::default()),
             inspect_refused: registered(&mut r, "inspect_refused", "Request bodies refused at limits.max_inspected_total (503 Busy)", Counter::default()),
             config_reloads: registered(&mut r, "config_reloads", "Configuration reloads on SIGHUP, by result: ok, or error (the running configuration stayed)", Family::default()),
+            in_rotation: registered(&mut r, "backend_in_rotation", "1 while the backend takes new work; 0 while failed health checks, an admin's drain or a reload that removed it keep it out", Family::default()),
             registry: r,
         };
+        // Counted from zero, so the first of each shows in rate() and increase().
+        for result in ["ok", "error"] {
+            let _ = inner.config_reloads.get_or_create(&ReloadLabels { result });
+        }
         Self {
             inner: Arc::new(inner),
         }
@@ -170,6 +176,16 @@ impl Metrics {
     /// One finished request: `route` is "txt2img", "img2img", "options", "pass_through"
     /// or "proxy" (the proxy's own routes).
     /// Generations waiting for `backend` now.
+    /// Whether `backend` takes new work now.
+    pub fn in_rotation(&self, backend: &str, in_rotation: bool) {
+        self.inner
+            .in_rotation
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .set(u64::from(in_rotation));
+    }
+
     pub fn queue_length(&self, backend: &str, waiting: u64) {
         self.inner
             .queue_length
@@ -609,6 +625,7 @@ mod tests {
         metrics.request("txt2img", Some("discord-bot".to_owned()), 200);
         metrics.connection_refused();
         metrics.inspect_refused();
+        metrics.in_rotation("forge", true);
 
         let scrape = scrape(&metrics);
         let mut documented: Vec<&str> = scrape.docs.keys().map(String::as_str).collect();
@@ -616,8 +633,10 @@ mod tests {
         assert_eq!(
             documented,
             [
+                "forge_proxy_backend_in_rotation",
                 "forge_proxy_client_requests_total",
                 "forge_proxy_clients_gone_total",
+                "forge_proxy_config_reloads_total",
                 "forge_proxy_connections_refused_total",
                 "forge_proxy_generation_duration_seconds",
                 "forge_proxy_inference_memory_mib",

@@ -190,7 +190,7 @@ impl Scheduler {
     pub fn new(config: Arc<Config>, metrics: Metrics) -> Arc<Self> {
         let lanes = config.backends.iter().map(|_| Lane::new()).collect();
         let estimates = Estimates::new(config.profiles.len());
-        Arc::new(Self {
+        let scheduler = Arc::new(Self {
             config: ArcSwap::new(config),
             metrics,
             changes: tokio::sync::watch::Sender::new(0),
@@ -204,7 +204,10 @@ impl Scheduler {
                 retries: 0,
                 max_bypassed: 0,
             }),
-        })
+        });
+        // Every backend's queue length and rotation from the start.
+        scheduler.publish_lengths(&scheduler.lock());
+        scheduler
     }
 
     fn lock(&self) -> MutexGuard<'_, Queues> {
@@ -382,7 +385,7 @@ impl Scheduler {
             queues.lane_mut(*id).retired = true;
         }
         self.config.store(config);
-        self.changed();
+        self.publish_lengths(&queues);
         // Waiters on a retired backend stay there (it drains its queue); idle new backends
         // take work queued elsewhere once their first health check passes.
     }
@@ -402,6 +405,7 @@ impl Scheduler {
         for (lane, backend) in queues.lanes.iter().zip(&config.backends) {
             self.metrics
                 .queue_length(&backend.url, lane.waiting.len() as u64);
+            self.metrics.in_rotation(&backend.url, lane.in_rotation());
         }
     }
 
@@ -431,9 +435,6 @@ impl Scheduler {
         let mut queues = self.lock();
         let lane = queues.lane_mut(backend);
         let transition = lane.health.observe(event, &self.config().health);
-        if transition.is_some() {
-            self.changed();
-        }
         match transition {
             None => {}
             Some(Transition::Recovered) => {
@@ -456,6 +457,9 @@ impl Scheduler {
                     }
                 }
             }
+        }
+        if transition.is_some() {
+            self.publish_lengths(&queues);
         }
     }
 
