@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::access::Caller;
 use crate::backend::forge::key;
 use crate::decide::plan::INFERENCE_MEMORY;
+use crate::scheduler::RunningStatus;
 use crate::state::AppState;
 
 /// Each backend: where its readings come from, what it has loaded, what is waiting; and
@@ -50,7 +51,7 @@ pub async fn status(
                 "retired": lane.retired,
                 "credentials": view.credentials.as_str(),
                 "loaded_profile": lane.loaded_profile,
-                "running": lane.running,
+                "running": lane.running.as_ref().map(|running| running_as_seen_by(running, &client)),
                 "queue": lane.queue,
                 "serves": if backend.config.profiles.is_empty() {
                     Value::String("all".to_owned())
@@ -77,4 +78,16 @@ pub async fn status(
         },
         "decisions": state.decisions.recent(&client),
     }))
+}
+
+/// The running work, its key's name shown to an admin or to that key only (as decisions are).
+fn running_as_seen_by(running: &RunningStatus, client: &Caller) -> RunningStatus {
+    let key = running
+        .key
+        .clone()
+        .filter(|key| client.is_admin() || client.key_name() == Some(key.as_str()));
+    RunningStatus {
+        key,
+        ..running.clone()
+    }
 }

@@ -444,6 +444,7 @@ impl Scheduler {
                     running: l.running.as_ref().map(|r| RunningStatus {
                         work: r.work,
                         profile: name(r.profile),
+                        key: r.client.key_name().map(str::to_owned),
                         for_ms: r.started.elapsed().as_millis() as u64,
                         client_left: r.client_left,
                     }),
@@ -519,6 +520,9 @@ pub struct LaneStatus {
 pub struct RunningStatus {
     pub work: Work,
     pub profile: Option<String>,
+    /// The client key's name, when keys are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub for_ms: u64,
     /// The client went away; Forge is finishing the work, the backend stays held.
     pub client_left: bool,
