@@ -1,8 +1,12 @@
-//! The command line: config files, environment overrides, errors with exit code 2.
+//! The command line: config files, environment overrides, errors with exit code 2; the
+//! text log.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use forge_vram_proxy::config::from_toml_str;
+
+use crate::support::dead_backend;
 
 fn proxy() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
@@ -209,4 +213,32 @@ fn the_deployment_configs_are_valid_proxy_configs() {
             .iter()
             .all(|b| b.vram == forge_vram_proxy::config::VramPreference::Backend));
     }
+}
+
+#[test]
+fn the_text_log_to_a_pipe_has_no_colour_codes() {
+    let mut child = proxy()
+        .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--backend", &dead_backend()])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).split(b'\n') {
+        let line = line.unwrap();
+        let listening = String::from_utf8_lossy(&line).contains("listening");
+        log.extend_from_slice(&line);
+        log.push(b'\n');
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in {log:?}");
 }
