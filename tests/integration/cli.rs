@@ -1,12 +1,13 @@
 //! The command line: config files, environment overrides, errors with exit code 2; the
-//! text log.
+//! `health` subcommand against running proxies; the text log.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use forge_vram_proxy::config::from_toml_str;
+use serde_json::Value;
 
-use crate::support::dead_backend;
+use crate::support::{dead_backend, runtime_dir, ProxyProcess};
 
 fn proxy() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
@@ -217,9 +218,11 @@ fn the_deployment_configs_are_valid_proxy_configs() {
 
 #[test]
 fn the_text_log_to_a_pipe_has_no_colour_codes() {
+    let runtime = runtime_dir();
     let mut child = proxy()
         .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
         .args(["--backend", &dead_backend()])
+        .env("XDG_RUNTIME_DIR", &runtime)
         .env_remove("NO_COLOR")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -238,7 +241,102 @@ fn the_text_log_to_a_pipe_has_no_colour_codes() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(runtime);
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("listening"), "{log}");
     assert!(!log.contains('\x1b'), "escape codes in {log:?}");
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `forge-vram-proxy health` with `args` and `env`, in `runtime_dir`, to its end.
+fn health(
+    runtime_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    proxy()
+        .arg("health")
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime_dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn health_finds_a_proxy_whose_address_was_a_flag() {
+    let serving = ProxyProcess::start(&["--backend", &dead_backend()]);
+    // As in the image: its variable names the default port, the proxy was given another.
+    let elsewhere = dead_backend();
+    let elsewhere = elsewhere.trim_start_matches("http://");
+    let output = health(
+        &serving.runtime_dir,
+        &[],
+        &[("FORGE_VRAM_PROXY_LISTEN", elsewhere)],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    // `--listen` names the address to ask, whatever the runtime file says.
+    let output = health(&serving.runtime_dir, &["--listen", elsewhere], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let said = text(&output.stderr);
+    assert!(
+        said.starts_with(&format!(
+            "forge-vram-proxy: unhealthy: unreachable: http://{elsewhere}/proxy/health"
+        )) && said.contains("(given by --listen)"),
+        "{said}"
+    );
+    let output = health(
+        &serving.runtime_dir,
+        &["--listen", &serving.addr.to_string()],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn health_finds_a_proxy_whose_address_was_in_the_environment() {
+    let serving = ProxyProcess::start_as_given(
+        &["--backend", &dead_backend()],
+        &[("FORGE_VRAM_PROXY_LISTEN", "127.0.0.1:0")],
+    );
+    let output = health(&serving.runtime_dir, &[], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn health_finds_a_proxy_whose_address_was_in_its_config_file_and_the_file_goes_at_exit() {
+    let dir = runtime_dir();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[[backends]]\nurl = \"{}\"\n",
+            dead_backend()
+        ),
+    )
+    .unwrap();
+    let mut serving = ProxyProcess::start_as_given(&["--config", config.to_str().unwrap()], &[]);
+    let output = health(&serving.runtime_dir, &[], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let announced = serving.runtime_dir.join("forge-vram-proxy.json");
+    let file: Value = serde_json::from_slice(&std::fs::read(&announced).unwrap()).unwrap();
+    assert_eq!(file["listen"], serving.addr.to_string());
+    assert_eq!(file["tls"], false);
+    assert_eq!(file["pid"], serving.child.id());
+
+    serving.signal("TERM");
+    assert!(serving.child.wait().unwrap().success());
+    assert!(!announced.exists(), "the runtime file outlived the proxy");
+    let output = health(&serving.runtime_dir, &[], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr)
+            .contains("the configured listen address; no running proxy announced itself in"),
+        "{}",
+        text(&output.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
