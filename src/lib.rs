@@ -28,7 +28,8 @@
 //!   and the record of decisions.
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
 //!
-//! And beside the server, [`cli`] — the subcommands that ask a running proxy: `health`.
+//! And beside the server, [`cli`] — the subcommands that ask a running proxy: `health`, and
+//! `status` (`/proxy/status` as a table for a terminal).
 
 pub mod access;
 pub mod admin;

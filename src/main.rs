@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use forge_vram_proxy::backend::nvml::{format_gpus, Nvml};
-use forge_vram_proxy::cli::{self, Target};
+use forge_vram_proxy::cli::{self, status, Target};
 use forge_vram_proxy::config::{self, OverrideLog, Overrides};
 use forge_vram_proxy::proxy::observe::init_tracing;
 use forge_vram_proxy::server::reload::Source;
@@ -18,8 +18,8 @@ struct Cli {
     /// Config file (TOML). Without one, the embedded defaults serve Forge at 127.0.0.1:7860.
     #[arg(long, global = true, env = "FORGE_VRAM_PROXY_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7870]; for `health`, the address to ask
-    /// instead of the one the running proxy announced.
+    /// Address to listen on [default: 127.0.0.1:7870]; for `health` and `status`, the
+    /// address to ask instead of the one the running proxy announced.
     #[arg(long, global = true)]
     listen: Option<String>,
     /// Forge backend URL [default: http://127.0.0.1:7860].
@@ -52,6 +52,21 @@ enum Command {
     /// It is asked where it said it listens (its runtime file), else at the configured
     /// address; --listen names the address instead.
     Health,
+    /// Print the proxy's status as a table: backends, their GPUs' memory, running work,
+    /// queues, the last decisions. Exit 0 when ready, 1 when no backend is healthy, 2 when
+    /// the proxy cannot be reached or refuses the key.
+    Status {
+        /// The proxy's URL [default: the address the running proxy announced, else the
+        /// configured one].
+        #[arg(long)]
+        url: Option<String>,
+        /// A client key, sent as a bearer token (needed when the proxy has client keys).
+        #[arg(long, env = "FORGE_VRAM_PROXY_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// Redraw every 2 s until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // `--listen` given to `health` names the proxy to ask.
+    // `--listen` given to `health` or `status` names the proxy to ask.
     let listen_flag = cli.listen.is_some().then_some(config.listen);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -123,6 +138,25 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some(Command::Status { url, key, watch }) => {
+            let target = match url {
+                Some(url) => match Target::from_url(&url) {
+                    Ok(target) => target,
+                    Err(e) => {
+                        eprintln!("forge-vram-proxy: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Target::locate(listen_flag, &config),
+            };
+            let mode = if watch {
+                status::Mode::Watch
+            } else {
+                status::Mode::Once
+            };
+            let verdict = runtime.block_on(status::run(&target, key.as_deref(), mode));
+            ExitCode::from(verdict.exit_code())
         }
         None => {
             init_tracing(config.log_format, &config.log_level);

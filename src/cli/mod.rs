@@ -1,7 +1,10 @@
-//! The subcommands that ask a running proxy: `health` (the container health check); where
-//! they find the proxy, and the request they make.
+//! The subcommands that ask a running proxy: `health` (the container health check) and
+//! [`status`] (`/proxy/status` as a table in the terminal); where they find the proxy, and
+//! the one request each makes.
 //!
 //! Built in so the runtime image needs no shell or curl.
+
+pub mod status;
 
 use std::fmt;
 use std::net::SocketAddr;

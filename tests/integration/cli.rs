@@ -1,13 +1,17 @@
 //! The command line: config files, environment overrides, errors with exit code 2; the
-//! `health` subcommand against running proxies; the text log.
+//! `status` and `health` subcommands against running proxies; the text log.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use forge_vram_proxy::config::from_toml_str;
 use serde_json::Value;
 
-use crate::support::{dead_backend, runtime_dir, ProxyProcess};
+use crate::support::{
+    client, dead_backend, get_json, runtime_dir, sim, sim_with, txt2img_with, Proxy, ProxyProcess,
+    FLUX,
+};
 
 fn proxy() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
@@ -339,4 +343,195 @@ fn health_finds_a_proxy_whose_address_was_in_its_config_file_and_the_file_goes_a
         text(&output.stderr)
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `forge-vram-proxy ARGS` run to its end, without blocking the proxy served in this
+/// process; none of the test process's proxy variables, and a runtime directory of its own.
+async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let runtime = runtime_dir();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FORGE_VRAM_PROXY_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .args(args)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run forge-vram-proxy");
+    let _ = std::fs::remove_dir_all(runtime);
+    output
+}
+
+#[tokio::test]
+async fn status_shows_the_backend_its_profile_and_decision_and_exits_0() {
+    let sim = sim().await;
+    let proxy = Proxy::start(&sim.url(), "").await;
+    let response = client()
+        .post(proxy.url("/sdapi/v1/txt2img"))
+        .body(txt2img_with(FLUX))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let url = format!("http://{}", proxy.addr);
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    for expected in [
+        format!("forge-vram-proxy {url}: ready, 1 of 1 backends healthy"),
+        format!("{}: healthy (", sim.url()),
+        // The checkpoint is Forge's own again: an override lasts one generation.
+        "  loaded   profile flux, checkpoint ".to_owned(),
+        "  memory   [".to_owned(),
+        "  running  nothing".to_owned(),
+        "  queue    empty".to_owned(),
+        "the last 1 of 1 decisions".to_owned(),
+        "txt2img  flux".to_owned(),
+        "4096 MiB   applied (changed)".to_owned(),
+    ] {
+        assert!(
+            shown.contains(&expected),
+            "{expected:?} missing in\n{shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_exits_1_when_the_only_backend_is_down() {
+    let proxy = Proxy::start(
+        &dead_backend(),
+        "\n[health]\ninterval = \"100ms\"\nunhealthy_after = 1\n",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(proxy.url("/proxy/status")).await["backends"][0]["healthy"] != false {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never went unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{}", proxy.addr);
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    assert!(
+        shown.contains(&format!(
+            "forge-vram-proxy {url}: NOT READY, 0 of 1 backends healthy"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(": UNHEALTHY (check failed: unreachable"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn status_exits_2_when_nothing_answers_and_says_so() {
+    let url = dead_backend();
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
+    let said = text(&output.stderr);
+    assert!(
+        said.starts_with(&format!(
+            "forge-vram-proxy: unreachable: {url}/proxy/status: Connection refused"
+        )),
+        "{said}"
+    );
+}
+
+const STATUS_ADMIN: &str = "status-admin-key-1e4f";
+const STATUS_READ: &str = "status-read-key-8a20";
+const STATUS_APPS: &str = "status-apps-key-c3d9";
+
+#[tokio::test]
+async fn status_needs_a_key_where_keys_are_set_and_shows_other_keys_to_admins_only() {
+    let sim = sim_with(|c| c.time_scale = 0.3).await;
+    let config = format!(
+        "[[backends]]\nurl = \"{}\"\nvram_source = \"backend\"\n\n\
+         [[access.keys]]\nname = \"ops\"\nkey = \"{STATUS_ADMIN}\"\nrole = \"admin\"\n\n\
+         [[access.keys]]\nname = \"viewer\"\nkey = \"{STATUS_READ}\"\nrole = \"read\"\n\n\
+         [[access.keys]]\nname = \"apps\"\nkey = \"{STATUS_APPS}\"\nrole = \"generate\"\n",
+        sim.url()
+    );
+    let proxy = Proxy::start_toml(&config).await;
+    let url = format!("http://{}", proxy.addr);
+
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let said = text(&output.stderr);
+    assert!(
+        said.starts_with(&format!(
+            "forge-vram-proxy: unauthorized: {url}/proxy/status answered 401 Unauthorized"
+        )),
+        "{said}"
+    );
+
+    let generation = tokio::spawn(
+        client()
+            .post(proxy.url("/sdapi/v1/txt2img"))
+            .bearer_auth(STATUS_APPS)
+            .body(txt2img_with(FLUX))
+            .send(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = client()
+            .get(proxy.url("/proxy/status"))
+            .bearer_auth(STATUS_ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["backends"][0]["running"].is_object() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the generation never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = run_cli(
+        &["status", "--url", &url],
+        &[("FORGE_VRAM_PROXY_KEY", STATUS_ADMIN)],
+    )
+    .await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    assert!(
+        shown.contains("  running  generation flux for ") && shown.contains(", key apps"),
+        "{shown}"
+    );
+    let output = run_cli(&["status", "--url", &url, "--key", STATUS_READ], &[]).await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    assert!(shown.contains("  running  generation flux for "), "{shown}");
+    assert!(!shown.contains("key apps"), "{shown}");
+    assert_eq!(generation.await.unwrap().unwrap().status(), 200);
 }
