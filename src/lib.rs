@@ -7,7 +7,8 @@
 //! # Layout
 //! In the order a request meets them:
 //! - [`server`] — [`run`]: the accept loop, hyper HTTP/1.1 connections (TLS when configured),
-//!   graceful shutdown, and the configuration reloaded on `SIGHUP`.
+//!   graceful shutdown, the configuration reloaded on `SIGHUP`, and the runtime file that
+//!   says where the proxy listens.
 //! - [`config`] — defaults, TOML file, environment and flags, validated into [`Config`].
 //! - [`state`] — [`AppState`], shared by every handler.
 //! - [`proxy`] — the door: one route classification, observation (id, metrics, access log),
@@ -26,10 +27,14 @@
 //! - [`admin`] — the `/proxy/*` routes: health, readiness, status, the dry-run plan, metrics,
 //!   and the record of decisions.
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
+//!
+//! And beside the server, [`cli`] — the subcommands that ask a running proxy: `health`, and
+//! `status` (`/proxy/status` as a table for a terminal).
 
 pub mod access;
 pub mod admin;
 pub mod backend;
+pub mod cli;
 pub mod client_options;
 pub mod config;
 pub mod decide;

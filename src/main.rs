@@ -3,10 +3,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use forge_vram_proxy::backend::nvml::{format_gpus, Nvml};
+use forge_vram_proxy::cli::{self, status, Target};
 use forge_vram_proxy::config::{self, OverrideLog, Overrides};
 use forge_vram_proxy::proxy::observe::init_tracing;
 use forge_vram_proxy::server::reload::Source;
-use forge_vram_proxy::server::{check_health, run_reloading, shutdown_signal};
+use forge_vram_proxy::server::runtime_file::{self, Listening};
+use forge_vram_proxy::server::{run_reloading, shutdown_signal};
 use forge_vram_proxy::Config;
 
 /// A reverse proxy for Stable Diffusion WebUI Forge that sets GPU memory per model.
@@ -16,8 +18,9 @@ struct Cli {
     /// Config file (TOML). Without one, the embedded defaults serve Forge at 127.0.0.1:7860.
     #[arg(long, global = true, env = "FORGE_VRAM_PROXY_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7870].
-    #[arg(long)]
+    /// Address to listen on [default: 127.0.0.1:7870]; for `health` and `status`, the
+    /// address to ask instead of the one the running proxy announced.
+    #[arg(long, global = true)]
     listen: Option<String>,
     /// Forge backend URL [default: http://127.0.0.1:7860].
     #[arg(
@@ -45,9 +48,25 @@ enum Command {
     },
     /// Print the GPUs NVML sees (index, UUID, name, total/used/free MiB), or why it cannot.
     Gpus,
-    /// Exit 0 when the proxy listening at the configured address answers /proxy/health
-    /// (for container health checks).
+    /// Exit 0 when the running proxy answers /proxy/health (for container health checks).
+    /// It is asked where it said it listens (its runtime file), else at the configured
+    /// address; --listen names the address instead.
     Health,
+    /// Print the proxy's status as a table: backends, their GPUs' memory, running work,
+    /// queues, the last decisions. Exit 0 when ready, 1 when no backend is healthy, 2 when
+    /// the proxy cannot be reached or refuses the key.
+    Status {
+        /// The proxy's URL [default: the address the running proxy announced, else the
+        /// configured one].
+        #[arg(long)]
+        url: Option<String>,
+        /// A client key, sent as a bearer token (needed when the proxy has client keys).
+        #[arg(long, env = "FORGE_VRAM_PROXY_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// Redraw every 2 s until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +91,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `--listen` given to `health` or `status` names the proxy to ask.
+    let listen_flag = cli.listen.is_some().then_some(config.listen);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -109,14 +130,33 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Health) => {
-            let timeout = std::time::Duration::from_secs(3);
-            match runtime.block_on(check_health(config.listen, config.tls.is_some(), timeout)) {
+            let target = Target::locate(listen_flag, &config);
+            match runtime.block_on(cli::health(&target)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("forge-vram-proxy: unhealthy: {e}");
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some(Command::Status { url, key, watch }) => {
+            let target = match url {
+                Some(url) => match Target::from_url(&url) {
+                    Ok(target) => target,
+                    Err(e) => {
+                        eprintln!("forge-vram-proxy: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Target::locate(listen_flag, &config),
+            };
+            let mode = if watch {
+                status::Mode::Watch
+            } else {
+                status::Mode::Once
+            };
+            let verdict = runtime.block_on(status::run(&target, key.as_deref(), mode));
+            ExitCode::from(verdict.exit_code())
         }
         None => {
             init_tracing(config.log_format, &config.log_level);
@@ -140,6 +180,18 @@ async fn serve(config: Config, source: Source) -> ExitCode {
         .unwrap_or_default();
     let backends: Vec<&str> = config.backends.iter().map(|b| b.url.as_str()).collect();
     let tls = config.tls.is_some();
+    // Where `health` and `status` find this proxy: written before "listening" is said, so
+    // whoever waits for that line finds it; removed when `serve` returns.
+    let path = runtime_file::path();
+    let announced = match listener.local_addr() {
+        Ok(bound) => Listening::here(bound, tls)
+            .announce(path.clone())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &announced {
+        tracing::info!(path = %path.display(), error = %e, "no runtime file: `health` and `status` will ask the configured address");
+    }
     tracing::info!(addr = %addr, backends = ?backends, tls, "listening");
     match run_reloading(listener, config, shutdown_signal(), source).await {
         Ok(()) => {

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::access::Caller;
 use crate::backend::forge::key;
 use crate::decide::plan::INFERENCE_MEMORY;
+use crate::scheduler::{RunningStatus, WaitingStatus};
 use crate::state::AppState;
 
 /// Each backend: where its readings come from, what it has loaded, what is waiting; and
@@ -57,8 +58,8 @@ pub fn snapshot(state: &AppState, client: &Caller) -> Value {
                 "forge_progress": view.progress,
                 "credentials": view.credentials.as_str(),
                 "loaded_profile": lane.loaded_profile,
-                "running": lane.running,
-                "queue": lane.queue,
+                "running": lane.running.as_ref().map(|running| running_as_seen_by(running, client)),
+                "queue": lane.queue.iter().map(|waiting| waiting_as_seen_by(waiting, client)).collect::<Vec<_>>(),
                 "serves": if backend.config.profiles.is_empty() {
                     Value::String("all".to_owned())
                 } else {
@@ -91,4 +92,28 @@ pub fn snapshot(state: &AppState, client: &Caller) -> Value {
         },
         "decisions": state.decisions.recent(client),
     })
+}
+
+/// A waiting work, its key's name shown to an admin or to that key only.
+fn waiting_as_seen_by(waiting: &WaitingStatus, client: &Caller) -> WaitingStatus {
+    WaitingStatus {
+        key: waiting.key.clone().filter(|key| may_see(client, key)),
+        ..waiting.clone()
+    }
+}
+
+fn may_see(client: &Caller, key: &str) -> bool {
+    client.is_admin() || client.key_name() == Some(key)
+}
+
+/// The running work, its key's name shown to an admin or to that key only (as decisions are).
+fn running_as_seen_by(running: &RunningStatus, client: &Caller) -> RunningStatus {
+    let key = running
+        .key
+        .clone()
+        .filter(|key| client.is_admin() || client.key_name() == Some(key.as_str()));
+    RunningStatus {
+        key,
+        ..running.clone()
+    }
 }

@@ -287,10 +287,10 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
         figment = figment.merge(Toml::file_exact(path));
     }
     let figment = figment
-        // CONFIG and BACKEND are read by the command line parser itself.
+        // CONFIG, BACKEND and KEY (`status`'s client key) are read by the command line parser.
         .merge(
             Env::prefixed(ENV_PREFIX)
-                .ignore(&["CONFIG", "BACKEND"])
+                .ignore(&["CONFIG", "BACKEND", "KEY"])
                 .split("__"),
         )
         .merge(Serialized::defaults(overrides));

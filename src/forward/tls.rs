@@ -94,7 +94,8 @@ fn client_config(roots: RootCertStore) -> ClientConfig {
         .with_no_client_auth()
 }
 
-fn system_roots() -> Result<ClientConfig, String> {
+/// A client that checks certificates against the system's root certificates.
+pub fn system_roots() -> Result<ClientConfig, String> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);

@@ -38,7 +38,8 @@ pub fn json_logs() -> bool {
 
 static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`.
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`. Text is
+/// coloured only for a terminal, and never with `NO_COLOR`.
 pub fn init_tracing(format: LogFormat, level: &str) {
     let _ = JSON_LOGS.set(format == LogFormat::Json);
     let from_env = EnvFilter::try_from_default_env().ok();
@@ -46,7 +47,13 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     let filter = from_env
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let colour = Colour::choose(
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour == Colour::On);
     let installed = match format {
         LogFormat::Text => {
             let builder = builder.with_filter_reloading();
@@ -61,6 +68,26 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     };
     if let (Ok(setter), false) = (installed, env_wins) {
         let _ = SET_FILTER.set(setter);
+    }
+}
+
+/// Whether text logs carry ANSI colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Colour {
+    On,
+    Off,
+}
+
+impl Colour {
+    /// On for a terminal, unless `NO_COLOR` is set to anything but "" (no-color.org): a
+    /// file, a pipe or a container's log gets plain text.
+    fn choose(stdout_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> Self {
+        let refused = no_color.is_some_and(|value| !value.is_empty());
+        if stdout_is_terminal && !refused {
+            Colour::On
+        } else {
+            Colour::Off
+        }
     }
 }
 
@@ -226,5 +253,22 @@ impl http_body::Body for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::Colour;
+
+    #[test]
+    fn logs_are_coloured_only_for_a_terminal_without_no_color() {
+        assert_eq!(Colour::choose(true, None), Colour::On);
+        assert_eq!(Colour::choose(false, None), Colour::Off);
+        assert_eq!(Colour::choose(true, Some(OsStr::new("1"))), Colour::Off);
+        assert_eq!(Colour::choose(false, Some(OsStr::new("1"))), Colour::Off);
+        // An empty NO_COLOR is as if unset.
+        assert_eq!(Colour::choose(true, Some(OsStr::new(""))), Colour::On);
     }
 }

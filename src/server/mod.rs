@@ -8,6 +8,7 @@
 
 pub mod connection;
 pub mod reload;
+pub mod runtime_file;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -340,46 +341,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
-    }
-}
-
-/// Asks the proxy listening on `listen` for `/proxy/health`: the container health check,
-/// built in so the runtime image needs no shell or curl.
-/// Over HTTPS when the proxy listens with TLS (its certificate is not checked: this is the
-/// proxy asking itself).
-pub async fn check_health(
-    listen: SocketAddr,
-    tls: bool,
-    timeout: std::time::Duration,
-) -> Result<(), String> {
-    use http_body_util::Empty;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    let mut target = listen;
-    if target.ip().is_unspecified() {
-        target.set_ip(match target {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let mut tcp = HttpConnector::new();
-    tcp.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::forward::tls::unchecked())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp);
-    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<bytes::Bytes>>(connector);
-    let scheme = if tls { "https" } else { "http" };
-    let uri = format!("{scheme}://{target}/proxy/health")
-        .parse::<http::Uri>()
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(timeout, client.get(uri)).await {
-        Ok(Ok(response)) if response.status().is_success() => Ok(()),
-        Ok(Ok(response)) => Err(format!("{target} answered {}", response.status())),
-        Ok(Err(e)) => Err(format!("{target}: {e}")),
-        Err(_) => Err(format!("{target}: no answer within {timeout:?}")),
     }
 }

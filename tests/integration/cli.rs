@@ -1,8 +1,17 @@
-//! The command line: config files, environment overrides, errors with exit code 2.
+//! The command line: config files, environment overrides, errors with exit code 2; the
+//! `status` and `health` subcommands against running proxies; the text log.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use forge_vram_proxy::config::from_toml_str;
+use serde_json::Value;
+
+use crate::support::{
+    client, dead_backend, get_json, runtime_dir, sim, sim_with, txt2img_with, Proxy, ProxyProcess,
+    FLUX,
+};
 
 fn proxy() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
@@ -209,4 +218,320 @@ fn the_deployment_configs_are_valid_proxy_configs() {
             .iter()
             .all(|b| b.vram == forge_vram_proxy::config::VramPreference::Backend));
     }
+}
+
+#[test]
+fn the_text_log_to_a_pipe_has_no_colour_codes() {
+    let runtime = runtime_dir();
+    let mut child = proxy()
+        .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--backend", &dead_backend()])
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).split(b'\n') {
+        let line = line.unwrap();
+        let listening = String::from_utf8_lossy(&line).contains("listening");
+        log.extend_from_slice(&line);
+        log.push(b'\n');
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(runtime);
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in {log:?}");
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `forge-vram-proxy health` with `args` and `env`, in `runtime_dir`, to its end.
+fn health(
+    runtime_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    proxy()
+        .arg("health")
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime_dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn health_finds_a_proxy_whose_address_was_a_flag() {
+    let serving = ProxyProcess::start(&["--backend", &dead_backend()]);
+    // As in the image: its variable names the default port, the proxy was given another.
+    let elsewhere = dead_backend();
+    let elsewhere = elsewhere.trim_start_matches("http://");
+    let output = health(
+        &serving.runtime_dir,
+        &[],
+        &[("FORGE_VRAM_PROXY_LISTEN", elsewhere)],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    // `--listen` names the address to ask, whatever the runtime file says.
+    let output = health(&serving.runtime_dir, &["--listen", elsewhere], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let said = text(&output.stderr);
+    assert!(
+        said.starts_with(&format!(
+            "forge-vram-proxy: unhealthy: unreachable: http://{elsewhere}/proxy/health"
+        )) && said.contains("(given by --listen)"),
+        "{said}"
+    );
+    let output = health(
+        &serving.runtime_dir,
+        &["--listen", &serving.addr.to_string()],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn health_finds_a_proxy_whose_address_was_in_the_environment() {
+    let serving = ProxyProcess::start_as_given(
+        &["--backend", &dead_backend()],
+        &[("FORGE_VRAM_PROXY_LISTEN", "127.0.0.1:0")],
+    );
+    let output = health(&serving.runtime_dir, &[], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn health_finds_a_proxy_whose_address_was_in_its_config_file_and_the_file_goes_at_exit() {
+    let dir = runtime_dir();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[[backends]]\nurl = \"{}\"\n",
+            dead_backend()
+        ),
+    )
+    .unwrap();
+    let mut serving = ProxyProcess::start_as_given(&["--config", config.to_str().unwrap()], &[]);
+    let output = health(&serving.runtime_dir, &[], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let announced = serving.runtime_dir.join("forge-vram-proxy.json");
+    let file: Value = serde_json::from_slice(&std::fs::read(&announced).unwrap()).unwrap();
+    assert_eq!(file["listen"], serving.addr.to_string());
+    assert_eq!(file["tls"], false);
+    assert_eq!(file["pid"], serving.child.id());
+
+    serving.signal("TERM");
+    assert!(serving.child.wait().unwrap().success());
+    assert!(!announced.exists(), "the runtime file outlived the proxy");
+    let output = health(&serving.runtime_dir, &[], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr)
+            .contains("the configured listen address; no running proxy announced itself in"),
+        "{}",
+        text(&output.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `forge-vram-proxy ARGS` run to its end, without blocking the proxy served in this
+/// process; none of the test process's proxy variables, and a runtime directory of its own.
+async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let runtime = runtime_dir();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FORGE_VRAM_PROXY_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .args(args)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run forge-vram-proxy");
+    let _ = std::fs::remove_dir_all(runtime);
+    output
+}
+
+#[tokio::test]
+async fn status_shows_the_backend_its_profile_and_decision_and_exits_0() {
+    let sim = sim().await;
+    let proxy = Proxy::start(&sim.url(), "").await;
+    let response = client()
+        .post(proxy.url("/sdapi/v1/txt2img"))
+        .body(txt2img_with(FLUX))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let url = format!("http://{}", proxy.addr);
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    for expected in [
+        format!("forge-vram-proxy {url}: ready, 1 of 1 backends healthy"),
+        format!("{}: healthy (", sim.url()),
+        // The checkpoint is Forge's own again: an override lasts one generation.
+        "  loaded   profile flux, checkpoint ".to_owned(),
+        "  memory   [".to_owned(),
+        "  running  nothing".to_owned(),
+        "  queue    empty".to_owned(),
+        "the last 1 of 1 decisions".to_owned(),
+        "txt2img  flux".to_owned(),
+        "4096 MiB   applied (changed)".to_owned(),
+    ] {
+        assert!(
+            shown.contains(&expected),
+            "{expected:?} missing in\n{shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_exits_1_when_the_only_backend_is_down() {
+    let proxy = Proxy::start(
+        &dead_backend(),
+        "\n[health]\ninterval = \"100ms\"\nunhealthy_after = 1\n",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(proxy.url("/proxy/status")).await["backends"][0]["healthy"] != false {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never went unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{}", proxy.addr);
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    assert!(
+        shown.contains(&format!(
+            "forge-vram-proxy {url}: NOT READY, 0 of 1 backends healthy"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(": UNHEALTHY (check failed: unreachable"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn status_exits_2_when_nothing_answers_and_says_so() {
+    let url = dead_backend();
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
+    let said = text(&output.stderr);
+    assert!(
+        said.starts_with(&format!(
+            "forge-vram-proxy: unreachable: {url}/proxy/status: Connection refused"
+        )),
+        "{said}"
+    );
+}
+
+const STATUS_ADMIN: &str = "status-admin-key-1e4f";
+const STATUS_READ: &str = "status-read-key-8a20";
+const STATUS_APPS: &str = "status-apps-key-c3d9";
+
+#[tokio::test]
+async fn status_needs_a_key_where_keys_are_set_and_shows_other_keys_to_admins_only() {
+    let sim = sim_with(|c| c.time_scale = 0.3).await;
+    let config = format!(
+        "[[backends]]\nurl = \"{}\"\nvram_source = \"backend\"\n\n\
+         [[access.keys]]\nname = \"ops\"\nkey = \"{STATUS_ADMIN}\"\nrole = \"admin\"\n\n\
+         [[access.keys]]\nname = \"viewer\"\nkey = \"{STATUS_READ}\"\nrole = \"read\"\n\n\
+         [[access.keys]]\nname = \"apps\"\nkey = \"{STATUS_APPS}\"\nrole = \"generate\"\n",
+        sim.url()
+    );
+    let proxy = Proxy::start_toml(&config).await;
+    let url = format!("http://{}", proxy.addr);
+
+    let output = run_cli(&["status", "--url", &url], &[]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let said = text(&output.stderr);
+    assert!(
+        said.starts_with(&format!(
+            "forge-vram-proxy: unauthorized: {url}/proxy/status answered 401 Unauthorized"
+        )),
+        "{said}"
+    );
+
+    let generation = tokio::spawn(
+        client()
+            .post(proxy.url("/sdapi/v1/txt2img"))
+            .bearer_auth(STATUS_APPS)
+            .body(txt2img_with(FLUX))
+            .send(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = client()
+            .get(proxy.url("/proxy/status"))
+            .bearer_auth(STATUS_ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["backends"][0]["running"].is_object() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the generation never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = run_cli(
+        &["status", "--url", &url],
+        &[("FORGE_VRAM_PROXY_KEY", STATUS_ADMIN)],
+    )
+    .await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    assert!(
+        shown.contains("  running  generation flux for ") && shown.contains(", key apps"),
+        "{shown}"
+    );
+    let output = run_cli(&["status", "--url", &url, "--key", STATUS_READ], &[]).await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    assert!(shown.contains("  running  generation flux for "), "{shown}");
+    assert!(!shown.contains("key apps"), "{shown}");
+    assert_eq!(generation.await.unwrap().unwrap().status(), 200);
 }

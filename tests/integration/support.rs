@@ -75,6 +75,8 @@ pub struct ProxyProcess {
     pub addr: SocketAddr,
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Its own `XDG_RUNTIME_DIR`, where it writes its runtime file (never the user's).
+    pub runtime_dir: std::path::PathBuf,
 }
 
 impl ProxyProcess {
@@ -82,7 +84,16 @@ impl ProxyProcess {
         Self::start_with_env(args, &[])
     }
 
+    /// Listening on `127.0.0.1:0` (given by `--listen`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ProxyProcess {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_as_given(&all, env)
+    }
+
+    /// Listening where `args` and `env` say.
+    pub fn start_as_given(args: &[&str], env: &[(&str, &str)]) -> ProxyProcess {
+        let runtime_dir = runtime_dir();
         let mut command = Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
         for (key, _) in std::env::vars() {
             if key.starts_with("FORGE_VRAM_PROXY_") {
@@ -90,10 +101,11 @@ impl ProxyProcess {
             }
         }
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--log-format", "json"])
             .args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -126,6 +138,7 @@ impl ProxyProcess {
             addr: addr.parse().unwrap(),
             child,
             log,
+            runtime_dir,
         }
     }
 
@@ -166,7 +179,17 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
+}
+
+/// A new, empty directory to serve as a process's `XDG_RUNTIME_DIR`.
+pub fn runtime_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("fvp-run-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a runtime directory");
+    dir
 }
 
 pub fn client() -> reqwest::Client {

@@ -314,6 +314,7 @@ fn the_health_subcommand_asks_over_https_when_the_listener_speaks_it() {
     let mut server = std::process::Command::new(binary)
         .args(["--config", config.to_str().unwrap()])
         .env_remove("FORGE_VRAM_PROXY_CONFIG")
+        .env("XDG_RUNTIME_DIR", &pki.dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -321,6 +322,7 @@ fn the_health_subcommand_asks_over_https_when_the_listener_speaks_it() {
     let health = || {
         std::process::Command::new(binary)
             .args(["--config", config.to_str().unwrap(), "health"])
+            .env("XDG_RUNTIME_DIR", &pki.dir)
             .output()
             .unwrap()
     };
