@@ -26,6 +26,7 @@
 //!   TLS to `https://` backends).
 //! - [`admin`] — the `/proxy/*` routes: health, readiness, status, the dry-run plan, metrics,
 //!   and the record of decisions.
+//! - [`logs`] — the log's set-up: text or JSON, its level changed by a reload.
 //! - [`error`] — the proxy's own errors and their status codes, in Forge's error shape.
 //!
 //! And beside the server, [`cli`] — the subcommands that ask a running proxy: `health`, and
@@ -41,6 +42,7 @@ pub mod decide;
 pub mod error;
 pub mod forward;
 pub mod generation;
+pub mod logs;
 pub mod proxy;
 pub mod scheduler;
 pub mod server;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use forge_vram_proxy::backend::nvml::{format_gpus, Nvml};
 use forge_vram_proxy::cli::{self, status, Target};
 use forge_vram_proxy::config::{self, OverrideLog, Overrides};
-use forge_vram_proxy::proxy::observe::init_tracing;
+use forge_vram_proxy::logs::init_tracing;
 use forge_vram_proxy::server::reload::Source;
 use forge_vram_proxy::server::runtime_file::{self, Listening};
 use forge_vram_proxy::server::{run_reloading, shutdown_signal};
@@ -106,29 +106,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Some(Command::Gpus) => {
-            let library = config.nvml_library.clone();
-            let listed = runtime.block_on(async move {
-                tokio::task::spawn_blocking(move || {
-                    Nvml::load(library.as_deref()).and_then(|nvml| nvml.list())
-                })
-                .await
-            });
-            match listed {
-                Ok(Ok(gpus)) => {
-                    print!("{}", format_gpus(&gpus));
-                    ExitCode::SUCCESS
-                }
-                Ok(Err(e)) => {
-                    eprintln!("forge-vram-proxy: {e}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("forge-vram-proxy: reading the GPUs failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Some(Command::Gpus) => gpus(&runtime, &config),
         Some(Command::Health) => {
             let target = Target::locate(listen_flag, &config);
             match runtime.block_on(cli::health(&target)) {
@@ -141,22 +119,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Status { url, key, watch }) => {
             let target = match url {
-                Some(url) => match Target::from_url(&url) {
-                    Ok(target) => target,
-                    Err(e) => {
-                        eprintln!("forge-vram-proxy: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Target::locate(listen_flag, &config),
+                Some(url) => Target::from_url(&url),
+                None => Ok(Target::locate(listen_flag, &config)),
             };
-            let mode = if watch {
-                status::Mode::Watch
-            } else {
-                status::Mode::Once
-            };
-            let verdict = runtime.block_on(status::run(&target, key.as_deref(), mode));
-            ExitCode::from(verdict.exit_code())
+            status_command(&runtime, target, key.as_deref(), watch)
         }
         None => {
             init_tracing(config.log_format, &config.log_level);
@@ -164,6 +130,54 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config, source))
         }
     }
+}
+
+/// `gpus`: what NVML sees, or why it cannot.
+fn gpus(runtime: &tokio::runtime::Runtime, config: &Config) -> ExitCode {
+    let library = config.nvml_library.clone();
+    let listed = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            Nvml::load(library.as_deref()).and_then(|nvml| nvml.list())
+        })
+        .await
+    });
+    match listed {
+        Ok(Ok(gpus)) => {
+            print!("{}", format_gpus(&gpus));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("forge-vram-proxy: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("forge-vram-proxy: reading the GPUs failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `status`: the table, once or until Ctrl-C; exit 2 for a URL it cannot use.
+fn status_command(
+    runtime: &tokio::runtime::Runtime,
+    target: Result<Target, String>,
+    key: Option<&str>,
+    watch: bool,
+) -> ExitCode {
+    let target = match target {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("forge-vram-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mode = if watch {
+        status::Mode::Watch
+    } else {
+        status::Mode::Once
+    };
+    let verdict = runtime.block_on(status::run(&target, key, mode));
+    ExitCode::from(verdict.exit_code())
 }
 
 async fn serve(config: Config, source: Source) -> ExitCode {

@@ -56,7 +56,7 @@ pub struct Shared {
     /// How many watch `/proxy/events` now.
     pub watchers: std::sync::atomic::AtomicUsize,
     /// The last hour, for the dashboard's charts.
-    pub history: crate::admin::live::History,
+    pub history: crate::admin::history::History,
 }
 
 impl AppState {
@@ -105,7 +105,7 @@ impl AppState {
             work,
             stopping,
             watchers: std::sync::atomic::AtomicUsize::new(0),
-            history: crate::admin::live::History::default(),
+            history: crate::admin::history::History::default(),
         })))
     }
 }

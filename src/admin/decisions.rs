@@ -221,7 +221,7 @@ fn log_decision(d: &Decision) {
     let why = why_profile(&d.why_profile);
     let card = d.reading.as_ref().map(|r| r.total_mib);
     let line = decision_line(d, &why, card);
-    if !crate::proxy::observe::json_logs() {
+    if !crate::logs::json_logs() {
         tracing::info!("{line}");
         return;
     }

@@ -1,24 +1,22 @@
 //! What the dashboard watches: `/proxy/events` (server-sent events: the status whenever it
 //! changes, each decision as it is taken), Forge's progress of running generations while
-//! someone watches, and `/proxy/history` (the last hour, sampled in memory).
+//! someone watches, and the samples behind `/proxy/history`.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
 use futures_util::Stream;
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Caller;
 use crate::admin::decisions::{visible, Record};
+use crate::admin::history::{BackendSample, Sample, SAMPLE_EVERY};
 use crate::admin::status::snapshot;
 use crate::backend::forge::Forge;
 use crate::backend::ForgeProgress;
@@ -184,127 +182,55 @@ async fn poll_progress(state: &AppState) {
     }
 }
 
-/// Samples kept: an hour at [`SAMPLE_EVERY`].
-const SAMPLES: usize = 360;
-const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-
-/// The last hour, one sample every ten seconds, for the dashboard's charts.
-#[derive(Default)]
-pub struct History {
-    samples: Mutex<VecDeque<Sample>>,
-    /// Since the last sample: model reloads, and generation seconds by profile.
-    pending: Mutex<Pending>,
-}
-
-#[derive(Default)]
-struct Pending {
-    reloads: u64,
-    generations: BTreeMap<String, (f64, u32)>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    pub at_ms: u128,
-    /// By backend, in `/proxy/status` order.
-    pub backends: Vec<BackendSample>,
-    /// Model reloads (profile switches) since the sample before.
-    pub reloads: u64,
-    /// Mean generation time (seconds) by profile since the sample before.
-    pub generation_s: BTreeMap<String, f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendSample {
-    pub url: String,
-    pub inference_mib: Option<f64>,
-    pub vram_used_mib: Option<u64>,
-    pub vram_total_mib: Option<u64>,
-    pub queue: usize,
-}
-
-impl History {
-    /// A generation of `profile` took `seconds` (to its response headers).
-    pub fn generation(&self, profile: &str, seconds: f64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = pending
-            .generations
-            .entry(profile.to_owned())
-            .or_insert((0.0, 0));
-        entry.0 += seconds;
-        entry.1 += 1;
-    }
-
-    /// A backend moved to another profile (a model reload).
-    pub fn reload(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reloads += 1;
-    }
-
-    fn sample(&self, state: &AppState) {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        let lanes = state.scheduler.snapshot().backends;
-        let backends = state
-            .backends
-            .all()
-            .iter()
-            .zip(&lanes)
-            .filter(|(_, lane)| !lane.retired)
-            .map(|(backend, lane)| {
-                let view = backend.view();
-                BackendSample {
-                    url: backend.config.url.clone(),
-                    inference_mib: view
-                        .options
-                        .as_ref()
-                        .and_then(|o| o.get(crate::backend::forge::key::INFERENCE_MEMORY))
-                        .and_then(Value::as_f64),
-                    vram_used_mib: view.last_reading.as_ref().map(|r| r.used_mib),
-                    vram_total_mib: view.last_reading.as_ref().map(|r| r.total_mib),
-                    queue: lane.queue.len(),
-                }
-            })
-            .collect();
-        let sample = Sample {
-            at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or_default(),
-            backends,
-            reloads: pending.reloads,
-            generation_s: pending
-                .generations
-                .into_iter()
-                .map(|(profile, (sum, n))| (profile, sum / f64::from(n.max(1))))
-                .collect(),
-        };
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() == SAMPLES {
-            samples.pop_front();
-        }
-        samples.push_back(sample);
-    }
-
-    fn all(&self) -> Vec<Sample> {
-        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        samples.iter().cloned().collect()
-    }
-}
-
 /// Samples the history every [`SAMPLE_EVERY`], the first at once.
 pub fn spawn_sampler(state: &AppState, stop: &CancellationToken) {
     let state = state.clone();
     let stop = stop.child_token();
     tokio::spawn(async move {
         loop {
-            state.history.sample(&state);
+            state.history.push(sample(&state));
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(SAMPLE_EVERY) => {}
             }
         }
     });
+}
+
+/// What the backends look like now, with what happened since the sample before.
+fn sample(state: &AppState) -> Sample {
+    let pending = state.history.take_pending();
+    let lanes = state.scheduler.snapshot().backends;
+    let backends = state
+        .backends
+        .all()
+        .iter()
+        .zip(&lanes)
+        .filter(|(_, lane)| !lane.retired)
+        .map(|(backend, lane)| {
+            let view = backend.view();
+            BackendSample {
+                url: backend.config.url.clone(),
+                inference_mib: view
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(crate::backend::forge::key::INFERENCE_MEMORY))
+                    .and_then(Value::as_f64),
+                vram_used_mib: view.last_reading.as_ref().map(|r| r.used_mib),
+                vram_total_mib: view.last_reading.as_ref().map(|r| r.total_mib),
+                queue: lane.queue.len(),
+            }
+        })
+        .collect();
+    Sample {
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default(),
+        backends,
+        reloads: pending.reloads,
+        generation_s: pending.mean_generation_s(),
+    }
 }
 
 /// `GET /proxy/history`: the samples of the last hour, oldest first.

@@ -6,12 +6,14 @@
 //! - [`metrics`] — the Prometheus registry and `/proxy/metrics`.
 //! - [`decisions`] — the last decisions and admin actions, shown by the status and logged.
 //! - [`actions`] — `/proxy/backends/{n}/{drain,resume,unload,interrupt}`.
+//! - [`history`] — the last hour in memory, for `/proxy/history`.
 //! - [`live`] — `/proxy/events` (server-sent events), Forge's progress while watched,
 //!   `/proxy/history` (the last hour).
 //! - [`ui`] — `/proxy/ui`, the dashboard page.
 
 pub mod actions;
 pub mod decisions;
+pub mod history;
 pub mod live;
 pub mod metrics;
 pub mod plan;

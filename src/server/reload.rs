@@ -135,7 +135,7 @@ impl Reloader {
         state.backends.replace(backends);
         state.scheduler.reconfigure(config.clone(), &slots.retired);
         state.inspect_budget.resize(config.max_inspected_total);
-        crate::proxy::observe::set_log_level(&config.log_level);
+        crate::logs::set_log_level(&config.log_level);
         {
             let mut connections = self.lock_connections();
             let limit = config
