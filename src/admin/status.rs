@@ -36,6 +36,8 @@ pub fn snapshot(state: &AppState, client: &Caller) -> Value {
             let view = backend.view();
             let option = |key: &str| view.options.as_ref().and_then(|o| o.get(key).cloned());
             json!({
+                // The backend's id: `/proxy/backends/{id}/...` acts on it.
+                "id": backend.id.0,
                 "url": backend.config.url,
                 "gpu": backend.config.gpu.to_string(),
                 "vram_source": backend.vram.kind(),
