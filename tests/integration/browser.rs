@@ -426,13 +426,14 @@ impl Browser {
         eprintln!("screenshot: {}", path.display());
     }
 
-    /// Polls `check` until it answers `Some`, for up to 20 s.
+    /// Polls `check` until it answers `Some`, for up to 30 s (the rest of the suite runs
+    /// beside it).
     async fn wait_for<'a, T, F, Fut>(&'a self, what: &str, check: F) -> T
     where
         F: Fn(&'a Browser) -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(found) = check(self).await {
                 return found;
