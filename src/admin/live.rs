@@ -188,6 +188,7 @@ pub fn spawn_sampler(state: &AppState, stop: &CancellationToken) {
     let stop = stop.child_token();
     tokio::spawn(async move {
         loop {
+            read_nvml(&state).await;
             state.history.push(sample(&state));
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -195,6 +196,18 @@ pub fn spawn_sampler(state: &AppState, stop: &CancellationToken) {
             }
         }
     });
+}
+
+/// A fresh reading of each backend read through NVML (no call to Forge), so the cards and
+/// charts follow the card between generations too.
+async fn read_nvml(state: &AppState) {
+    let nobody = Caller::default();
+    for backend in state.backends.all().iter() {
+        if let crate::backend::vram::VramSource::Nvml { .. } = backend.vram {
+            let forge = Forge::reading_for(&state.forwarder, &backend.config, &nobody);
+            crate::generation::prepare::read_vram(state, backend, &forge).await;
+        }
+    }
 }
 
 /// What the backends look like now, with what happened since the sample before.

@@ -2,6 +2,7 @@
 
 mod access;
 mod backends;
+mod browser;
 mod cli;
 mod edges;
 mod failures;
