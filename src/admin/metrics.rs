@@ -73,6 +73,8 @@ struct OptionsCallLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GpuLabels {
+    /// The backend whose card it is: two remote Forges may both be GPU 0 of their hosts.
+    backend: String,
     gpu: String,
     source: &'static str,
 }
@@ -300,8 +302,16 @@ impl Metrics {
     }
 
     /// The latest VRAM reading of a GPU (label: e.g. "0" or the UUID), with its source.
-    pub fn vram(&self, gpu: &str, source: ReadingSource, total_mib: u64, used_mib: u64) {
+    pub fn vram(
+        &self,
+        backend: &str,
+        gpu: &str,
+        source: ReadingSource,
+        total_mib: u64,
+        used_mib: u64,
+    ) {
         let labels = GpuLabels {
+            backend: backend.to_owned(),
             gpu: gpu.to_owned(),
             source: source.as_str(),
         };
@@ -518,23 +528,48 @@ mod tests {
     #[test]
     fn vram_gauges_show_the_latest_reading() {
         let metrics = Metrics::new();
-        metrics.vram("0", ReadingSource::Nvml, 24_576, 1_000);
-        metrics.vram("0", ReadingSource::Nvml, 24_576, 18_432);
-        metrics.vram("GPU-abc", ReadingSource::Backend, 12_288, 512);
+        metrics.vram("http://a:7860", "0", ReadingSource::Nvml, 24_576, 1_000);
+        metrics.vram("http://a:7860", "0", ReadingSource::Nvml, 24_576, 18_432);
+        metrics.vram(
+            "http://b:7860",
+            "GPU-abc",
+            ReadingSource::Backend,
+            12_288,
+            512,
+        );
+        // Another host's GPU 0: a series of its own.
+        metrics.vram("http://c:7860", "0", ReadingSource::Backend, 8_192, 100);
 
         let scrape = scrape(&metrics);
-        let gpu0 = [("gpu", "0"), ("source", "nvml")];
+        let gpu0 = [
+            ("backend", "http://a:7860"),
+            ("gpu", "0"),
+            ("source", "nvml"),
+        ];
         assert_eq!(
             gauge(&scrape, "forge_proxy_vram_total_mib", &gpu0),
             24_576.0
         );
         assert_eq!(gauge(&scrape, "forge_proxy_vram_used_mib", &gpu0), 18_432.0);
-        let other = [("gpu", "GPU-abc"), ("source", "backend")];
+        let other = [
+            ("backend", "http://b:7860"),
+            ("gpu", "GPU-abc"),
+            ("source", "backend"),
+        ];
         assert_eq!(
             gauge(&scrape, "forge_proxy_vram_total_mib", &other),
             12_288.0
         );
         assert_eq!(gauge(&scrape, "forge_proxy_vram_used_mib", &other), 512.0);
+        let third = [
+            ("backend", "http://c:7860"),
+            ("gpu", "0"),
+            ("source", "backend"),
+        ];
+        assert_eq!(
+            gauge(&scrape, "forge_proxy_vram_total_mib", &third),
+            8_192.0
+        );
     }
 
     #[test]
@@ -613,7 +648,7 @@ mod tests {
         metrics.request("txt2img", None, 200);
         metrics.generation_seconds("forge", "sdxl", 1.0);
         metrics.options_call("forge", Outcome::Applied, Why::Changed);
-        metrics.vram("0", ReadingSource::Nvml, 1, 1);
+        metrics.vram("forge", "0", ReadingSource::Nvml, 1, 1);
         metrics.inference_memory("forge", 1);
         metrics.profile_switch("forge", "sdxl", "flux");
         metrics.queue_length("forge", 3);

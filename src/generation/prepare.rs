@@ -215,6 +215,7 @@ pub async fn read_vram(
     match backend.vram.read(forge).await {
         Ok(reading) => {
             state.metrics.vram(
+                &backend.config.url,
                 &backend.config.gpu.to_string(),
                 reading.source,
                 reading.total_mib,
