@@ -20,6 +20,7 @@ mod order;
 mod placement;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -158,6 +159,12 @@ pub struct Scheduler {
     /// Counts every change of a queue, a running work, a backend's health or rotation:
     /// `/proxy/events` sends the status again when it moves.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Kept with every change, under the lock, for the requests that need no more: the
+    /// works running or waiting in all, and the first backend in rotation (`usize::MAX`:
+    /// none). A progress poll while nothing runs, and any pass-through request with
+    /// `pass_through = "first"`, are placed without taking the lock.
+    active: AtomicUsize,
+    first_in_rotation: AtomicUsize,
 }
 
 /// A place in a backend's queue; dropping it (the client went away) leaves the queue.
@@ -194,6 +201,8 @@ impl Scheduler {
             config: ArcSwap::new(config),
             metrics,
             changes: tokio::sync::watch::Sender::new(0),
+            active: AtomicUsize::new(0),
+            first_in_rotation: AtomicUsize::new(usize::MAX),
             queues: Mutex::new(Queues {
                 lanes,
                 next_ticket: 1,
@@ -401,6 +410,18 @@ impl Scheduler {
 
     fn publish_lengths(&self, queues: &Queues) {
         self.changed();
+        let active = queues
+            .lanes
+            .iter()
+            .map(|l| l.waiting.len() + usize::from(l.running.is_some()))
+            .sum();
+        self.active.store(active, Ordering::Release);
+        let first = queues
+            .lanes
+            .iter()
+            .position(Lane::in_rotation)
+            .unwrap_or(usize::MAX);
+        self.first_in_rotation.store(first, Ordering::Release);
         let config = self.config();
         for (lane, backend) in queues.lanes.iter().zip(&config.backends) {
             self.metrics

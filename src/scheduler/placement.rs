@@ -3,6 +3,7 @@
 //! rotation, and when a backend is idle while others have a queue; and where a request that
 //! is not a generation goes.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,7 +245,13 @@ impl Scheduler {
     /// address, else the only busy backend; everything else (and those, failing that) goes
     /// to the first healthy backend, or round robin over the healthy ones.
     pub fn pass_through_backend(&self, follow: Follow, client: &Caller) -> BackendId {
-        // On every request: no allocation, one short lock.
+        // On every request: no allocation, and no lock when no generation is to be followed
+        // and the first backend in rotation is wanted.
+        let nothing_to_follow = follow == Follow::Any || self.active.load(Ordering::Acquire) == 0;
+        if nothing_to_follow && self.config().scheduler.pass_through == PassThroughRouting::First {
+            let first = self.first_in_rotation.load(Ordering::Acquire);
+            return BackendId(if first == usize::MAX { 0 } else { first });
+        }
         let mut queues = self.lock();
         if follow == Follow::ClientsGeneration {
             let running = || {
@@ -306,6 +313,9 @@ impl Scheduler {
     /// the expected wait.
     pub fn queued_for(&self, client: &Caller) -> Option<(usize, Duration)> {
         client.addr?;
+        if self.active.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let queues = self.lock();
         let mine = |c: &Caller| c.addr == client.addr;
         let running = queues

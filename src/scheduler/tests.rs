@@ -377,3 +377,40 @@ async fn a_backend_never_takes_a_request_that_failed_on_it() {
     drop(sd);
     assert_eq!(grant(retried).await.backend(), BackendId(1));
 }
+
+#[tokio::test]
+async fn pass_through_follows_rotation_and_a_clients_generation_with_or_without_the_lock() {
+    let s = scheduler("");
+    let me = from("10.0.0.7");
+    assert_eq!(s.pass_through_backend(Follow::Any, &me), BackendId(0));
+    assert_eq!(
+        s.pass_through_backend(Follow::ClientsGeneration, &me),
+        BackendId(0)
+    );
+    s.set_drained(BackendId(0), true).unwrap();
+    assert_eq!(s.pass_through_backend(Follow::Any, &me), BackendId(1));
+    // My generation runs on backend 1 (backend 0 is drained): my progress follows it, and
+    // is answered by Forge, not as queued.
+    let mine = grant(s.enqueue(SD15, &me, &[]).unwrap()).await;
+    assert_eq!(mine.backend(), BackendId(1));
+    assert_eq!(
+        s.pass_through_backend(Follow::ClientsGeneration, &me),
+        BackendId(1)
+    );
+    assert_eq!(s.queued_for(&me), None);
+    s.set_drained(BackendId(0), false).unwrap();
+    assert_eq!(s.pass_through_backend(Follow::Any, &me), BackendId(0));
+    // A second one of mine waits behind the first: the first still runs, so polls follow it.
+    let second = s.enqueue_on(BackendId(1), SD15, &me);
+    assert_eq!(
+        s.pass_through_backend(Follow::ClientsGeneration, &me),
+        BackendId(1)
+    );
+    drop(mine);
+    let second = grant(second).await;
+    drop(second);
+    assert_eq!(
+        s.pass_through_backend(Follow::ClientsGeneration, &me),
+        BackendId(0)
+    );
+}
