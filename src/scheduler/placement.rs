@@ -101,52 +101,15 @@ impl Scheduler {
 
     /// Time until a new arrival on `backend` would start: what runs, and what waits.
     pub(super) fn expected_wait(&self, queues: &Queues, backend: BackendId) -> Duration {
-        let lane = queues.lane(backend);
-        let estimates = &queues.estimates;
-        let running = lane.running.as_ref().map_or(Duration::ZERO, |r| {
-            estimates
-                .duration(r.profile)
-                .saturating_sub(r.started.elapsed())
-        });
-        let mut loaded = lane
-            .running
-            .as_ref()
-            .map_or(lane.loaded, |r| r.profile.or(lane.loaded));
-        let mut waiting = Duration::ZERO;
-        for w in &lane.waiting {
-            waiting += estimates.duration(w.profile);
-            if w.profile.is_some() && w.profile != loaded {
-                waiting += estimates.reload(w.profile);
-                loaded = w.profile;
-            }
-        }
-        (running + waiting).div_f64(self.config().backend(backend).weight)
+        let weight = self.config().backend(backend).weight;
+        walk_lane(queues, backend, |_| {}).div_f64(weight)
     }
 
-    /// When each waiter of `backend` is expected to start, in queue order: what runs, and
-    /// those ahead with their reloads (as [`Scheduler::expected_wait`] counts them).
+    /// When each waiter of `backend` is expected to start, in queue order.
     pub(super) fn expected_starts(&self, queues: &Queues, backend: BackendId) -> Vec<Duration> {
-        let lane = queues.lane(backend);
-        let estimates = &queues.estimates;
         let weight = self.config().backend(backend).weight;
-        let mut ahead = lane.running.as_ref().map_or(Duration::ZERO, |r| {
-            estimates
-                .duration(r.profile)
-                .saturating_sub(r.started.elapsed())
-        });
-        let mut loaded = lane
-            .running
-            .as_ref()
-            .map_or(lane.loaded, |r| r.profile.or(lane.loaded));
-        let mut starts = Vec::with_capacity(lane.waiting.len());
-        for w in &lane.waiting {
-            if w.profile.is_some() && w.profile != loaded {
-                ahead += estimates.reload(w.profile);
-                loaded = w.profile;
-            }
-            starts.push(ahead.div_f64(weight));
-            ahead += estimates.duration(w.profile);
-        }
+        let mut starts = Vec::with_capacity(queues.lane(backend).waiting.len());
+        walk_lane(queues, backend, |start| starts.push(start.div_f64(weight)));
         starts
     }
 
@@ -408,4 +371,30 @@ impl Stealable {
             self.matches
         }
     }
+}
+
+/// A backend's queue in time, in the estimates' units (before its weight): what runs, then
+/// each waiter with a reload where its profile differs from the one before. Calls `start`
+/// with when each waiter starts; answers when the last one ends.
+fn walk_lane(queues: &Queues, backend: BackendId, mut start: impl FnMut(Duration)) -> Duration {
+    let lane = queues.lane(backend);
+    let estimates = &queues.estimates;
+    let mut ahead = lane.running.as_ref().map_or(Duration::ZERO, |r| {
+        estimates
+            .duration(r.profile)
+            .saturating_sub(r.started.elapsed())
+    });
+    let mut loaded = lane
+        .running
+        .as_ref()
+        .map_or(lane.loaded, |r| r.profile.or(lane.loaded));
+    for w in &lane.waiting {
+        if w.profile.is_some() && w.profile != loaded {
+            ahead += estimates.reload(w.profile);
+            loaded = w.profile;
+        }
+        start(ahead);
+        ahead += estimates.duration(w.profile);
+    }
+    ahead
 }
