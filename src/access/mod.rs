@@ -67,6 +67,12 @@ impl Caller {
         self.key.as_ref().is_none_or(|k| k.role == Role::Admin)
     }
 
+    /// May see what the key named `owner` did (a decision, its running or queued work):
+    /// an admin (or anyone without keys) everything, a key its own.
+    pub fn sees(&self, owner: Option<&str>) -> bool {
+        self.is_admin() || owner == self.key_name()
+    }
+
     /// Whether a piece of work started by `other` is this caller's own.
     pub fn same_key(&self, other: &Caller) -> bool {
         match (&self.key, &other.key) {

@@ -29,10 +29,9 @@ pub async fn act(
     headers: HeaderMap,
 ) -> Response {
     let id = BackendId(n);
-    if n >= state.backends.ids().count() {
+    let Some(backend) = state.backends.all().get(n).cloned() else {
         return refused(StatusCode::NOT_FOUND, format!("no backend {n}"));
-    }
-    let backend = state.backends.get(id);
+    };
     let result = match action.as_str() {
         "drain" => state.scheduler.set_drained(id, true),
         "resume" => state.scheduler.set_drained(id, false),

@@ -211,7 +211,7 @@ impl Decisions {
 /// Whether `caller` may see `record`: an admin (or anyone without keys) every one, a key
 /// its own.
 pub fn visible(caller: &Caller, record: &Record) -> bool {
-    caller.is_admin() || record.key() == caller.key_name()
+    caller.sees(record.key())
 }
 
 /// One readable line per decision at `info`, its parts as fields too (JSON logs carry

@@ -69,7 +69,7 @@ impl Watcher {
         if std::mem::take(&mut self.first) {
             return self.status();
         }
-        let refresh = if self.busy() {
+        let refresh = if self.state.scheduler.is_active() {
             BUSY_REFRESH
         } else {
             IDLE_REFRESH
@@ -92,15 +92,6 @@ impl Watcher {
                 () = tokio::time::sleep(refresh) => return self.status(),
             }
         }
-    }
-
-    fn busy(&self) -> bool {
-        self.state
-            .scheduler
-            .snapshot()
-            .backends
-            .iter()
-            .any(|l| l.running.is_some())
     }
 
     fn status(&self) -> Event {

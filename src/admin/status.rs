@@ -99,21 +99,14 @@ pub fn snapshot(state: &AppState, client: &Caller) -> Value {
 /// A waiting work, its key's name shown to an admin or to that key only.
 fn waiting_as_seen_by(waiting: &WaitingStatus, client: &Caller) -> WaitingStatus {
     WaitingStatus {
-        key: waiting.key.clone().filter(|key| may_see(client, key)),
+        key: waiting.key.clone().filter(|key| client.sees(Some(key))),
         ..waiting.clone()
     }
 }
 
-fn may_see(client: &Caller, key: &str) -> bool {
-    client.is_admin() || client.key_name() == Some(key)
-}
-
 /// The running work, its key's name shown to an admin or to that key only (as decisions are).
 fn running_as_seen_by(running: &RunningStatus, client: &Caller) -> RunningStatus {
-    let key = running
-        .key
-        .clone()
-        .filter(|key| client.is_admin() || client.key_name() == Some(key.as_str()));
+    let key = running.key.clone().filter(|key| client.sees(Some(key)));
     RunningStatus {
         key,
         ..running.clone()

@@ -232,6 +232,11 @@ impl Scheduler {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether any work runs or waits (kept with every change; no lock taken).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire) > 0
+    }
+
     /// Moves on each change of what `/proxy/status` shows of queues, work and health.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()

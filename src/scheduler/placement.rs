@@ -210,7 +210,7 @@ impl Scheduler {
     pub fn pass_through_backend(&self, follow: Follow, client: &Caller) -> BackendId {
         // On every request: no allocation, and no lock when no generation is to be followed
         // and the first backend in rotation is wanted.
-        let nothing_to_follow = follow == Follow::Any || self.active.load(Ordering::Acquire) == 0;
+        let nothing_to_follow = follow == Follow::Any || !self.is_active();
         if nothing_to_follow && self.config().scheduler.pass_through == PassThroughRouting::First {
             let first = self.first_in_rotation.load(Ordering::Acquire);
             return BackendId(if first == usize::MAX { 0 } else { first });
@@ -276,7 +276,7 @@ impl Scheduler {
     /// the expected wait.
     pub fn queued_for(&self, client: &Caller) -> Option<(usize, Duration)> {
         client.addr?;
-        if self.active.load(Ordering::Acquire) == 0 {
+        if !self.is_active() {
             return None;
         }
         let queues = self.lock();
