@@ -7,7 +7,9 @@ use base64::Engine as _;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client, journal_of, proxy_error, sim, sim_with, Proxy, FLUX, SD15};
+use crate::support::{
+    client, get_json_as, journal_of, proxy_error, sim, sim_with, Proxy, FLUX, SD15,
+};
 use crate::webuiapi::run_client_at;
 
 const READ: &str = "read-key-7f3a";
@@ -388,15 +390,7 @@ async fn status_shows_other_keys_decisions_only_to_admins_and_counts_requests_pe
     let decisions = |key: &'static str| {
         let url = proxy.url("/proxy/status");
         async move {
-            let status: Value = client()
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status: Value = get_json_as(url, key).await;
             status["decisions"]
                 .as_array()
                 .unwrap()
@@ -441,15 +435,7 @@ async fn webuiapi_with_set_auth_and_a_key_as_password_runs_a_generation() {
 async fn wait_until(proxy: &Proxy, ready: impl Fn(&Value) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let status: Value = client()
-            .get(proxy.url("/proxy/status"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = get_json_as(proxy.url("/proxy/status"), ADMIN).await;
         if ready(&status) {
             return;
         }

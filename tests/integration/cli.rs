@@ -9,8 +9,8 @@ use forge_vram_proxy::config::from_toml_str;
 use serde_json::Value;
 
 use crate::support::{
-    client, dead_backend, get_json, runtime_dir, sim, sim_with, txt2img_with, Proxy, ProxyProcess,
-    FLUX,
+    client, dead_backend, get_json, get_json_as, runtime_dir, sim, sim_with, txt2img_with, Proxy,
+    ProxyProcess, FLUX,
 };
 
 fn proxy() -> Command {
@@ -492,15 +492,7 @@ async fn status_needs_a_key_where_keys_are_set_and_shows_other_keys_to_admins_on
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status: Value = client()
-            .get(proxy.url("/proxy/status"))
-            .bearer_auth(STATUS_ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = get_json_as(proxy.url("/proxy/status"), STATUS_ADMIN).await;
         if status["backends"][0]["running"].is_object() {
             break;
         }

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{client, get_json, journal_of, sim, sim_with, Proxy, SD15, SDXL};
+use crate::support::{client, get_json, get_json_as, journal_of, sim, sim_with, Proxy, SD15, SDXL};
 use crate::webuiapi::run_client_at;
 
 fn txt2img(checkpoint: &str, steps: u32) -> String {
@@ -282,15 +282,7 @@ role = "admin"
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .bearer_auth("read-key-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json_as(proxy.url("/proxy/status"), "read-key-1").await;
     assert_eq!(
         status["you"],
         json!({"keys_configured": true, "key": "viewer", "role": "read", "admin": false})
@@ -304,15 +296,7 @@ role = "admin"
         .unwrap();
     assert_eq!(done.status(), StatusCode::OK);
 
-    let history: Value = client()
-        .get(proxy.url("/proxy/history"))
-        .bearer_auth("read-key-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json_as(proxy.url("/proxy/history"), "read-key-1").await;
     assert_eq!(history["every_s"], 10);
     let samples = history["samples"].as_array().unwrap();
     assert!(!samples.is_empty(), "a sample is taken at start");
@@ -417,25 +401,13 @@ async fn each_decision_is_one_readable_log_line_with_its_fields() {
         .to_str()
         .unwrap()
         .to_owned();
-    let until = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let found = proxy.log.lock().unwrap().iter().find_map(|line| {
-            let event: Value = serde_json::from_str(line).ok()?;
-            (event["request_id"] == "req-log-1"
+    let line = proxy
+        .log_event("decision line", |event| {
+            event["request_id"] == "req-log-1"
                 && event["route"] == "txt2img"
-                && event.get("profile").is_some())
-            .then_some(event)
-        });
-        if let Some(event) = found {
-            break event;
-        }
-        assert!(
-            Instant::now() < until,
-            "no decision line:\n{}",
-            proxy.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+                && event.get("profile").is_some()
+        })
+        .await;
     assert_eq!(line["level"], "INFO");
     assert_eq!(line["profile"], "sdxl");
     assert_eq!(line["outcome"], "applied");

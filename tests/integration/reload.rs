@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{client, journal_of, sim_with, ProxyProcess, SD15};
+use crate::support::{client, get_json_as, journal_of, sim_with, ProxyProcess, SD15};
 
 /// A folder for one test's files, removed when dropped.
 struct Dir(PathBuf);
@@ -61,24 +61,11 @@ inference_memory_mib = {sd15_inference_mib}
     text
 }
 
-/// Waits until the proxy's log has a line with `message`, or fails after 10 s.
+/// The log event whose message is `message`, waited for.
 async fn log_line(proxy: &ProxyProcess, message: &str) -> Value {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = proxy.log.lock().unwrap().iter().find_map(|line| {
-            let event: Value = serde_json::from_str(line).ok()?;
-            (event["message"] == message).then_some(event)
-        });
-        if let Some(event) = found {
-            return event;
-        }
-        assert!(
-            Instant::now() < until,
-            "no {message:?} in the log:\n{}",
-            proxy.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    proxy
+        .log_event(message, |event| event["message"] == message)
+        .await
 }
 
 fn reload_lines(proxy: &ProxyProcess, message: &str) -> usize {
@@ -269,15 +256,7 @@ async fn sighup_changes_keys_and_profiles_under_a_running_generation_and_a_bad_f
         .await,
         "forge_proxy_config_reloads_total{result=\"ok\"} 1"
     );
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .bearer_auth("key-two")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json_as(proxy.url("/proxy/status"), "key-two").await;
     let reloaded_at = status["config"]["loaded_at"].as_str().unwrap().to_owned();
     assert!(reloaded_at >= loaded_at, "{reloaded_at} < {loaded_at}");
 
@@ -309,15 +288,7 @@ async fn sighup_changes_keys_and_profiles_under_a_running_generation_and_a_bad_f
         .await,
         "forge_proxy_config_reloads_total{result=\"error\"} 1"
     );
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .bearer_auth("key-two")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json_as(proxy.url("/proxy/status"), "key-two").await;
     assert_eq!(status["config"]["loaded_at"], reloaded_at);
     // Still the process it was.
     assert!(proxy.log_text().contains("configuration not reloaded"));
@@ -356,15 +327,7 @@ async fn a_removed_backend_finishes_its_generation_and_a_new_one_takes_the_next(
         (json!(1), json!(1))
     );
 
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .bearer_auth("key-one")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json_as(proxy.url("/proxy/status"), "key-one").await;
     let backends = status["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 2, "{status:#}");
     assert_eq!(backends[0]["url"], first.url());
@@ -414,15 +377,7 @@ async fn a_removed_backend_finishes_its_generation_and_a_new_one_takes_the_next(
     assert_eq!(journal_of(&first, "generation").len(), 1);
 
     // Drained, the removed backend leaves the status.
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .bearer_auth("key-one")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json_as(proxy.url("/proxy/status"), "key-one").await;
     let urls: Vec<&Value> = status["backends"]
         .as_array()
         .unwrap()

@@ -162,6 +162,30 @@ impl ProxyProcess {
         kib * 1024
     }
 
+    /// The first JSON log event `wanted` takes, waiting for it up to 10 s.
+    pub async fn log_event(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.log.lock().unwrap().iter().find_map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).ok()?;
+                wanted(&event).then_some(event)
+            });
+            if let Some(event) = found {
+                return event;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no {what} in the log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -342,6 +366,19 @@ impl XorShift {
 pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
     client()
         .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
+/// `get_json` with a client key, sent as a bearer token.
+pub async fn get_json_as(url: impl reqwest::IntoUrl, key: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .bearer_auth(key)
         .send()
         .await
         .expect("GET")

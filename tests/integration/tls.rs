@@ -276,14 +276,11 @@ async fn the_listener_speaks_https_and_takes_a_new_certificate_on_sighup() {
     let old_client = pki.client();
     pki.issue();
     proxy.signal("HUP");
-    let until = Instant::now() + Duration::from_secs(10);
-    while !proxy
-        .log_text()
-        .contains("\"message\":\"configuration reloaded\"")
-    {
-        assert!(Instant::now() < until, "{}", proxy.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    proxy
+        .log_event("reload", |event| {
+            event["message"] == "configuration reloaded"
+        })
+        .await;
     let (status, _) = get_status(&pki.client(), &https).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let refused = get_status(&old_client, &https).await.unwrap_err();
