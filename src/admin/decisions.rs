@@ -236,7 +236,7 @@ fn log_decision(d: &Decision) {
         inference_before_mib = d.inference_before_mib,
         inference_mib = d.inference_mib,
         outcome = d.outcome.as_str(),
-        reason = reason_name(d.reason),
+        reason = d.reason.as_str(),
         "{line}"
     );
 }
@@ -264,10 +264,7 @@ fn decision_line(d: &Decision, why: &str, card: Option<u64>) -> String {
             "options call failed: {}",
             d.error.as_deref().unwrap_or("unknown error")
         ),
-        (_, reason) => format!(
-            "options skipped ({})",
-            reason_name(reason).replace('_', " ")
-        ),
+        (_, reason) => format!("options skipped ({})", reason.as_str().replace('_', " ")),
     };
     format!(
         "{} req={}{key} profile={} ({why}) {card}: {inference}, {what}",
@@ -283,13 +280,6 @@ fn why_profile(reason: &Reason) -> String {
         Reason::BackendCheckpoint(v) => format!("loaded checkpoint {v}"),
         Reason::Default => "default profile".to_owned(),
     }
-}
-
-fn reason_name(reason: Why) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
