@@ -87,8 +87,9 @@ impl AppState {
             tracker: work.clone(),
             stop: stopping.clone(),
         };
-        let forwarder = Forwarder::new(&config, tunnels).map_err(std::io::Error::other)?;
         let metrics = Metrics::new();
+        let forwarder =
+            Forwarder::new(&config, tunnels, metrics.clone()).map_err(std::io::Error::other)?;
         let scheduler = Scheduler::new(config.clone(), metrics.clone());
         let inspect_budget = InspectBudget::new(config.max_inspected_total);
         Ok(Self(Arc::new(Shared {

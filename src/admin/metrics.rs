@@ -90,6 +90,41 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionStateLabels {
+    backend: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionDroppedLabels {
+    backend: String,
+    reason: &'static str,
+}
+
+/// One backend's connection-pool figures: handles on its series, taken once when the
+/// pool is made, so the pool records with no lookup or allocation per request.
+#[derive(Clone, Debug)]
+pub struct ConnectionFigures {
+    pub idle: Gauge,
+    pub in_use: Gauge,
+    pub opened: Counter,
+    pub reused: Counter,
+    pub retried: Counter,
+    pub dropped_closed: Counter,
+    pub dropped_expired: Counter,
+}
+
+impl ConnectionFigures {
+    /// An idle connection left the pool: `closed` by its backend, or `expired`.
+    pub fn dropped(&self, why: &'static str) {
+        match why {
+            "expired" => self.dropped_expired.inc(),
+            _ => self.dropped_closed.inc(),
+        };
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProfileSwitchLabels {
     backend: String,
     from: String,
@@ -124,6 +159,11 @@ struct Inner {
     connections_refused: Counter,
     inspect_refused: Counter,
     config_reloads: Family<ReloadLabels, Counter>,
+    connections: Family<ConnectionStateLabels, Gauge>,
+    connections_opened: Family<BackendLabels, Counter>,
+    connections_reused: Family<BackendLabels, Counter>,
+    connections_dropped: Family<ConnectionDroppedLabels, Counter>,
+    connection_retries: Family<BackendLabels, Counter>,
 }
 
 fn generation_histogram() -> Histogram {
@@ -163,6 +203,11 @@ impl Metrics {
             connections_refused: registered(&mut r, "connections_refused", "Client connections refused at limits.max_connections", Counter::default()),
             inspect_refused: registered(&mut r, "inspect_refused", "Request bodies refused at limits.max_inspected_total (503 Busy)", Counter::default()),
             config_reloads: registered(&mut r, "config_reloads", "Configuration reloads on SIGHUP, by result: ok, or error (the running configuration stayed)", Family::default()),
+            connections: registered(&mut r, "backend_connections", "Connections to the backend open now, by state: in_use (a request on it) or idle (kept for the next); their sum is what is open", Family::default()),
+            connections_opened: registered(&mut r, "backend_connections_opened", "Connections opened to the backend", Family::default()),
+            connections_reused: registered(&mut r, "backend_connections_reused", "Requests sent on a kept connection rather than a new one", Family::default()),
+            connections_dropped: registered(&mut r, "backend_connections_dropped", "Idle connections left without being used again, by reason: closed (by the backend: stale) or expired (idle past 4 s, below uvicorn's 5 s keep-alive)", Family::default()),
+            connection_retries: registered(&mut r, "backend_connection_retries", "Requests sent again on a fresh connection because the kept one was found closed before any byte was written", Family::default()),
             in_rotation: registered(&mut r, "backend_in_rotation", "1 while the backend takes new work; 0 while failed health checks, an admin's drain or a reload that removed it keep it out", Family::default()),
             registry: r,
         };
@@ -240,6 +285,44 @@ impl Metrics {
     /// A body refused at `limits.max_inspected_total`.
     pub fn inspect_refused(&self) {
         self.inner.inspect_refused.inc();
+    }
+
+    /// Handles on `backend`'s connection-pool series, each at zero until something happens.
+    pub fn backend_connections(&self, backend: &str) -> ConnectionFigures {
+        let one = |family: &Family<BackendLabels, Counter>| {
+            family
+                .get_or_create(&BackendLabels {
+                    backend: backend.to_owned(),
+                })
+                .clone()
+        };
+        let state = |state| {
+            self.inner
+                .connections
+                .get_or_create(&ConnectionStateLabels {
+                    backend: backend.to_owned(),
+                    state,
+                })
+                .clone()
+        };
+        let dropped = |reason| {
+            self.inner
+                .connections_dropped
+                .get_or_create(&ConnectionDroppedLabels {
+                    backend: backend.to_owned(),
+                    reason,
+                })
+                .clone()
+        };
+        ConnectionFigures {
+            idle: state("idle"),
+            in_use: state("in_use"),
+            opened: one(&self.inner.connections_opened),
+            reused: one(&self.inner.connections_reused),
+            retried: one(&self.inner.connection_retries),
+            dropped_closed: dropped("closed"),
+            dropped_expired: dropped("expired"),
+        }
     }
 
     /// A configuration reload: `ok`, or `error` (nothing changed).

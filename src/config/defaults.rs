@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_INSPECTED_TOTAL: &str = "1GiB";
 /// Each client connection may need a backend connection: two descriptors each, within the
 /// descriptor limit the proxy raises to its hard limit at start.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections to one backend at once, in use and idle: at least the 256 concurrent small
+/// requests the benchmark measures, well under uvicorn's and the system's limits.
+pub const DEFAULT_BACKEND_CONNECTIONS: usize = 512;
 /// img2img bodies carry base64 images (megabytes each); a GiB is far beyond any real request.
 pub const DEFAULT_MAX_REQUEST_BODY: &str = "1GiB";
 /// An img2img with four large init images is some tens of MiB of base64.
@@ -190,6 +193,7 @@ impl Default for RawLimits {
             max_inspected_body: DEFAULT_MAX_INSPECTED_BODY.to_owned(),
             max_inspected_total: DEFAULT_MAX_INSPECTED_TOTAL.to_owned(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            backend_connections: DEFAULT_BACKEND_CONNECTIONS,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub max_inspected_body: u64,
     pub max_inspected_total: u64,
     pub max_connections: usize,
+    /// Connections to one backend open at once, in use and idle.
+    pub backend_connections: usize,
     pub generation_routes: Vec<String>,
     pub on_client_disconnect: OnClientDisconnect,
     pub log_format: LogFormat,

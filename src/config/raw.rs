@@ -246,6 +246,9 @@ pub struct RawLimits {
     pub max_inspected_total: String,
     /// Client connections open at once; beyond it a new one gets 503 and is closed.
     pub max_connections: usize,
+    /// Connections to one backend open at once, in use and idle; a request beyond it
+    /// waits for one.
+    pub backend_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -57,6 +57,7 @@ impl TryFrom<RawConfig> for Config {
             max_inspected_body: limits.max_inspected_body,
             max_inspected_total: limits.max_inspected_total,
             max_connections: limits.max_connections,
+            backend_connections: limits.backend_connections,
             generation_routes: raw.generation.routes.clone(),
             on_client_disconnect: raw.generation.on_client_disconnect,
             log_format: raw.log.format,
@@ -115,6 +116,7 @@ struct Limits {
     max_inspected_body: u64,
     max_inspected_total: u64,
     max_connections: usize,
+    backend_connections: usize,
 }
 
 fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
@@ -129,9 +131,13 @@ fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
         max_inspected_body: size("limits.max_inspected_body", &raw.max_inspected_body)?,
         max_inspected_total: size("limits.max_inspected_total", &raw.max_inspected_total)?,
         max_connections: raw.max_connections,
+        backend_connections: raw.backend_connections,
     };
     if limits.max_connections == 0 {
         return Err(invalid("limits.max_connections", 0, "at least 1"));
+    }
+    if limits.backend_connections == 0 {
+        return Err(invalid("limits.backend_connections", 0, "at least 1"));
     }
     if limits.max_inspected_total < limits.max_inspected_body.min(limits.max_request_body) {
         return Err(invalid(

@@ -8,6 +8,7 @@
 pub mod client_body;
 pub mod forwarding;
 pub mod hop;
+pub mod pool;
 pub mod tls;
 pub mod upgrade;
 
@@ -22,57 +23,61 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::admin::metrics::Metrics;
 use crate::config::{BackendConfig, BackendTls, Config};
 
 use client_body::ClientBodyError;
+use pool::{Pool, SendError};
 
-/// How long an idle pooled connection to a backend is kept. uvicorn closes idle
-/// keep-alive connections after 5 s, so a shorter idle time avoids reusing a closing socket.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// The HTTP/1.1 client with its connection pool, shared by every request.
+/// The connection pool, shared by every request.
 #[derive(Clone)]
 pub struct Forwarder {
     link: Arc<ArcSwap<Link>>,
     tunnels: upgrade::Tunnels,
+    metrics: Metrics,
 }
 
-/// What a reload may change: the client (its connect timeout, the backends' TLS) and the
-/// body limit. A request keeps the one it started with.
+/// What a reload may change: the pool (its connect timeout, the backends, their TLS, the
+/// bound) and the body limit. A request keeps the one it started with.
 struct Link {
-    client: Client<tls::Connector, Body>,
+    pool: Arc<Pool>,
     max_request_body: u64,
-    /// What the client was made from: a reload that changes none of it keeps the pool.
-    made_from: (Option<Duration>, Vec<(String, BackendTls)>),
+    /// What the pool was made from: a reload that changes none of it keeps the pool.
+    made_from: MadeFrom,
 }
+
+type MadeFrom = (Option<Duration>, usize, Vec<(String, BackendTls)>);
 
 impl Link {
-    fn new(config: &Config) -> Result<Self, String> {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(tls::Connector::new(config)?);
+    fn new(config: &Config, metrics: &Metrics) -> Result<Self, String> {
+        let pool = Arc::new(Pool::new(
+            config,
+            tls::Connector::new(config)?,
+            metrics.clone(),
+        ));
+        pool::keep_swept(&pool);
         Ok(Link {
-            client,
+            pool,
             max_request_body: config.max_request_body,
             made_from: Self::made_from(config),
         })
     }
 
-    fn made_from(config: &Config) -> (Option<Duration>, Vec<(String, BackendTls)>) {
+    fn made_from(config: &Config) -> MadeFrom {
         let backends = config
             .backends
             .iter()
-            .map(|b| (b.authority.as_str().to_owned(), b.tls.clone()))
+            .map(|b| (b.url.clone(), b.tls.clone()))
             .collect();
-        (config.timeouts.connect, backends)
+        (
+            config.timeouts.connect,
+            config.backend_connections,
+            backends,
+        )
     }
 }
 
@@ -87,28 +92,33 @@ pub struct Route<'a> {
 impl Forwarder {
     /// Fails when an `https://` backend needs the system's root certificates and none can
     /// be read.
-    pub fn new(config: &Config, tunnels: upgrade::Tunnels) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        tunnels: upgrade::Tunnels,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
         Ok(Self {
-            link: Arc::new(ArcSwap::from_pointee(Link::new(config)?)),
+            link: Arc::new(ArcSwap::from_pointee(Link::new(config, &metrics)?)),
             tunnels,
+            metrics,
         })
     }
 
-    /// A reloaded configuration: a new client (and pool) only when what it was made from
-    /// changed; requests under way finish on the old one.
+    /// A reloaded configuration: a new pool only when what it was made from changed;
+    /// requests under way finish on the old one.
     pub fn reconfigure(&self, config: &Config) -> Result<(), String> {
         let now = self.link.load();
         if now.made_from == Link::made_from(config) {
             if now.max_request_body != config.max_request_body {
                 self.link.store(Arc::new(Link {
-                    client: now.client.clone(),
+                    pool: now.pool.clone(),
                     max_request_body: config.max_request_body,
                     made_from: Link::made_from(config),
                 }));
             }
             return Ok(());
         }
-        self.link.store(Arc::new(Link::new(config)?));
+        self.link.store(Arc::new(Link::new(config, &self.metrics)?));
         Ok(())
     }
 
@@ -158,7 +168,7 @@ impl Forwarder {
         };
         let outbound = Request::from_parts(parts, body);
 
-        let sent = link.client.request(outbound);
+        let sent = link.pool.send(route.backend, outbound);
         let result = match route.timeout {
             Some(after) => {
                 tokio::time::timeout(after, sent)
@@ -172,7 +182,7 @@ impl Forwarder {
             }
             None => sent.await,
         };
-        let mut response = result.map_err(|e| classify(&link, route.backend, &method, path, &e))?;
+        let mut response = result.map_err(|e| classify(&link, route.backend, &method, path, e))?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -199,7 +209,10 @@ impl Forwarder {
     ) -> Result<CallAnswer, CallError> {
         let uri = backend_uri(backend, &Uri::from_static(path))
             .map_err(|e| CallError::Failed(e.to_string()))?;
-        let mut request = Request::builder().method(method).uri(uri);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, backend.host.clone());
         if let Some(auth) = authorization {
             request = request.header(header::AUTHORIZATION, auth);
         }
@@ -211,19 +224,11 @@ impl Forwarder {
         }
         .map_err(|e| CallError::Failed(e.to_string()))?;
         let exchange = async {
-            let response = self
-                .link
-                .load()
-                .client
-                .request(request)
-                .await
-                .map_err(|e| {
-                    if e.is_connect() {
-                        CallError::Unreachable(root_cause(&e))
-                    } else {
-                        CallError::Failed(root_cause(&e))
-                    }
-                })?;
+            let pool = self.link.load().pool.clone();
+            let response = pool.send(backend, request).await.map_err(|e| match e {
+                SendError::Connect(e) => CallError::Unreachable(root_cause(&*e)),
+                SendError::Request(e) => CallError::Failed(root_cause(&e)),
+            })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, OWN_CALL_MAX_BODY)
                 .collect()
@@ -340,8 +345,9 @@ fn failed(backend: &BackendConfig, method: &str, path: &str, error: &dyn StdErro
     }
 }
 
-/// The backend URI for a request URI: the backend's scheme, authority and path prefix,
-/// then the request's path and query exactly as the client sent them.
+/// The backend URI for a request URI, in origin form (the connection is the backend's):
+/// the backend's path prefix, then the request's path and query exactly as the client
+/// sent them.
 fn backend_uri(backend: &BackendConfig, uri: &Uri) -> Result<Uri, ForwardError> {
     let path_and_query = match (uri.path_and_query(), backend.base_path.is_empty()) {
         // The common case, no prefix: the client's bytes, shared rather than copied.
@@ -353,14 +359,7 @@ fn backend_uri(backend: &BackendConfig, uri: &Uri) -> Result<Uri, ForwardError> 
         )),
     };
     path_and_query
-        .map_err(http::Error::from)
-        .and_then(|path_and_query| {
-            Uri::builder()
-                .scheme(backend.scheme.clone())
-                .authority(backend.authority.clone())
-                .path_and_query(path_and_query)
-                .build()
-        })
+        .map(Uri::from)
         .map_err(|e| ForwardError::Failed {
             backend: backend.url.clone(),
             method: String::new(),
@@ -398,24 +397,27 @@ fn classify(
     backend: &BackendConfig,
     method: &Method,
     path: &str,
-    error: &hyper_util::client::legacy::Error,
+    error: SendError,
 ) -> ForwardError {
-    if let Some(client) = ClientBodyError::find(error) {
+    let error = match error {
+        SendError::Connect(e) => {
+            return ForwardError::Unreachable {
+                backend: backend.url.clone(),
+                reason: root_cause(&*e),
+            }
+        }
+        SendError::Request(e) => e,
+    };
+    if let Some(client) = ClientBodyError::find(&error) {
         return ForwardError::ClientBody(client.clone());
     }
-    if source_is::<LengthLimitError>(error) {
+    if source_is::<LengthLimitError>(&error) {
         return ForwardError::BodyTooLarge {
             limit: link.max_request_body,
         };
     }
-    if error.is_connect() {
-        return ForwardError::Unreachable {
-            backend: backend.url.clone(),
-            reason: root_cause(error),
-        };
-    }
     tracing::warn!(backend = %backend.url, error = ?error, "backend request failed");
-    failed(backend, method.as_str(), path, error)
+    failed(backend, method.as_str(), path, &error)
 }
 
 #[cfg(test)]
@@ -452,7 +454,7 @@ mod tests {
         let uri: Uri = "/sdapi/v1/options?a=1&b=%20x".parse().unwrap();
         assert_eq!(
             backend_uri(&config.backends[0], &uri).unwrap().to_string(),
-            "http://gpu:7861/forge/sdapi/v1/options?a=1&b=%20x"
+            "/forge/sdapi/v1/options?a=1&b=%20x"
         );
     }
 }
