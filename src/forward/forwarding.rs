@@ -23,10 +23,18 @@ pub fn add_forwarded_headers(headers: &mut HeaderMap, peer: Option<IpAddr>) {
             .filter(|v| !v.is_empty())
             .collect();
         let value = match earlier.is_empty() {
-            true => ip.to_string(),
-            false => format!("{}, {ip}", earlier.join(", ")),
+            // The common case, written on the stack: one allocation, the header's own.
+            true => {
+                use std::io::Write as _;
+                let mut text = [0u8; 64];
+                let mut cursor = std::io::Cursor::new(&mut text[..]);
+                let _ = write!(cursor, "{ip}");
+                let written = cursor.position() as usize;
+                HeaderValue::from_bytes(&text[..written])
+            }
+            false => HeaderValue::from_str(&format!("{}, {ip}", earlier.join(", "))),
         };
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Ok(value) = value {
             headers.insert(X_FORWARDED_FOR, value);
         }
     }

@@ -161,7 +161,8 @@ impl Pool {
             // Registered before the count is read, so a connection freed in between wakes it.
             let freed = slot.freed.notified();
             if slot.reserve() {
-                return self.connected(slot).await;
+                // Boxed: opening a connection is rare, and its future large.
+                return Box::pin(self.connected(slot)).await;
             }
             freed.await;
         }
@@ -172,7 +173,7 @@ impl Pool {
         loop {
             let freed = slot.freed.notified();
             if slot.reserve() {
-                return self.connected(slot).await;
+                return Box::pin(self.connected(slot)).await;
             }
             if let Some(idle) = slot.take_idle() {
                 // At the bound with an idle one: it gives its place to the new one.

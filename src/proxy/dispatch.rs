@@ -100,11 +100,22 @@ impl Proxy {
             };
         }
         let model_type = request.headers_mut().remove(MODEL_TYPE_HEADER);
+        // The generation's and the options call's futures are boxed: they are many times
+        // the size of a pass-through's, which would otherwise carry (and copy) their room.
         match route {
             Route::Generation(generation) => {
-                generation::handle(state.clone(), client, generation, model_type, request).await
+                Box::pin(generation::handle(
+                    state.clone(),
+                    client,
+                    generation,
+                    model_type,
+                    request,
+                ))
+                .await
             }
-            Route::Options => client_options::handle(state.clone(), client, request).await,
+            Route::Options => {
+                Box::pin(client_options::handle(state.clone(), client, request)).await
+            }
             Route::RefreshCheckpoints => {
                 pass_through::refresh_checkpoints(state, &client, request).await
             }

@@ -468,8 +468,15 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
         let client = self.peer.ip();
         let body_idle = self.body_idle;
         Box::pin(async move {
-            let mut request = request.map(|body| Body::new(ClientBody::new(body, body_idle)));
-            request.extensions_mut().insert(closed);
+            let mut request = request.map(|body| match http_body::Body::is_end_stream(&body) {
+                // Nothing to read (a GET): no wrapper to allocate.
+                true => Body::empty(),
+                false => Body::new(ClientBody::new(body, body_idle)),
+            });
+            // Only a generation (a POST) watches its client leave.
+            if request.method() == http::Method::POST {
+                request.extensions_mut().insert(closed);
+            }
             let response = proxy.handle(Some(client), request).await;
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.0.upgraded.store(true, Ordering::Release);
