@@ -18,12 +18,18 @@
 //!
 //! The most recently returned connection is taken first: it is the least likely to have
 //! been closed by the backend, and the others expire sooner.
+//!
+//! A connection is driven by the task of the request using it, not a task of its own: the
+//! request is written, its answer read and handed on in one task, with no wake-up of
+//! another between them (hyper-util's client spawns one task per connection, and every
+//! request crosses between the two). An idle connection is driven by no one; whether its
+//! backend closed it is seen when it is next taken, or by the sweep.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -41,6 +47,10 @@ use crate::admin::metrics::{ConnectionFigures, Metrics};
 use crate::config::{BackendConfig, Config};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What reads and writes a connection (hyper's `Connection` with upgrades, whose type is
+/// not nameable): polled by the request on it.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// How long a connection stays idle in the pool. uvicorn closes idle keep-alive
 /// connections after 5 s; a shorter time avoids reusing a connection it is closing.
@@ -72,7 +82,16 @@ struct Slot {
 
 struct Idle {
     sender: SendRequest<Body>,
+    driver: Driver,
     since: Instant,
+}
+
+impl Idle {
+    /// Whether its backend has closed it, as a poll of its driver tells; the poll also
+    /// lets a connection that has just ended a response become ready for the next.
+    fn closed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.driver.as_mut().poll(cx).is_ready() || self.sender.is_closed()
+    }
 }
 
 /// Why a request got no response.
@@ -89,6 +108,8 @@ pub enum SendError {
 struct Lease {
     /// `None` once given back.
     sender: Option<SendRequest<Body>>,
+    /// `None` once given back, or once the connection has ended.
+    driver: Option<Driver>,
     slot: Arc<Slot>,
     reused: bool,
 }
@@ -124,7 +145,7 @@ impl Pool {
                 false => self.checkout(&slot).await?,
                 true => self.connect(&slot).await?,
             };
-            match lease.sender().try_send_request(request).await {
+            match lease.exchange(request).await {
                 Ok(response) => return Ok(lease.answered(response)),
                 Err(mut failed) => match failed.take_message() {
                     // Nothing was written: the request is whole, and goes on a fresh
@@ -200,15 +221,11 @@ impl Pool {
                 return Err(SendError::Connect(e));
             }
         };
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
-            }
-        });
         slot.figures.opened.inc();
         slot.figures.in_use.inc();
         Ok(Lease {
             sender: Some(sender),
+            driver: Some(Box::pin(connection.with_upgrades())),
             slot: slot.clone(),
             reused: false,
         })
@@ -275,7 +292,13 @@ impl Slot {
             return None;
         }
         // Ready at once, unless its connection has yet to see the last response's end.
-        if poll_fn(|cx| idle.sender.poll_ready(cx)).await.is_err() {
+        let ready = poll_fn(|cx| {
+            if idle.closed(cx) {
+                return Poll::Ready(false);
+            }
+            idle.sender.poll_ready(cx).map(|ready| ready.is_ok())
+        });
+        if !ready.await {
             self.dropped(idle, "closed");
             return None;
         }
@@ -283,6 +306,7 @@ impl Slot {
         self.figures.in_use.inc();
         Some(Lease {
             sender: Some(idle.sender),
+            driver: Some(idle.driver),
             slot: self.clone(),
             reused: true,
         })
@@ -315,20 +339,21 @@ impl Slot {
             if idle.is_empty() {
                 return;
             }
-            let (kept, gone) = idle.drain(..).partition::<Vec<_>, _>(|connection| {
-                !connection.sender.is_closed() && connection.since.elapsed() < IDLE_EXPIRY
-            });
+            // Idle connections are driven by no one: a poll here sees a backend's close.
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut kept = Vec::with_capacity(idle.len());
+            let mut gone = Vec::new();
+            for mut connection in idle.drain(..) {
+                if connection.closed(&mut cx) {
+                    gone.push((connection, "closed"));
+                } else if connection.since.elapsed() >= IDLE_EXPIRY {
+                    gone.push((connection, "expired"));
+                } else {
+                    kept.push(connection);
+                }
+            }
             *idle = kept;
-            gone.into_iter()
-                .map(|connection| {
-                    let why = if connection.sender.is_closed() {
-                        "closed"
-                    } else {
-                        "expired"
-                    };
-                    (connection, why)
-                })
-                .collect()
+            gone
         };
         for (idle, why) in gone {
             self.figures.idle.dec();
@@ -346,17 +371,37 @@ impl Drop for Slot {
 }
 
 impl Lease {
-    fn sender(&mut self) -> &mut SendRequest<Body> {
-        self.sender
+    /// Writes `request` and reads its response head, driving the connection meanwhile.
+    async fn exchange(
+        &mut self,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        let sender = self
+            .sender
             .as_mut()
-            .expect("a lease holds its connection until given back")
+            .expect("a lease holds its connection until given back");
+        let mut answer = std::pin::pin!(sender.try_send_request(request));
+        let driver = &mut self.driver;
+        poll_fn(|cx| {
+            drive(driver, cx);
+            answer.as_mut().poll(cx)
+        })
+        .await
     }
 
     /// The response, its body giving the connection back when it ends; a connection
     /// switching protocols goes to the tunnel instead.
     fn answered(self, response: Response<Incoming>) -> Response<Body> {
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            // Out of the pool: hyper hands the socket to the upgrade.
+            // Out of the pool: its driver, run to its end, hands the socket to the upgrade.
+            let mut this = self;
+            if let Some(driver) = this.driver.take() {
+                tokio::spawn(async move {
+                    if let Err(e) = driver.await {
+                        tracing::debug!(error = %e, "backend connection ended with an error before its upgrade");
+                    }
+                });
+            }
             return response.map(Body::new);
         }
         response.map(|body| Body::new(Returning::new(body, self)))
@@ -364,21 +409,22 @@ impl Lease {
 
     /// Back to the idle connections, for the next request; its place stays taken.
     fn give_back(mut self) {
-        let Some(sender) = self.sender.take() else {
+        let (Some(sender), driver) = (self.sender.take(), self.driver.take()) else {
             return;
         };
         let slot = &self.slot;
         slot.figures.in_use.dec();
-        if sender.is_closed() {
+        let Some(driver) = driver.filter(|_| !sender.is_closed()) else {
             slot.figures.dropped("closed");
             slot.closed();
             return;
-        }
+        };
         slot.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Idle {
                 sender,
+                driver,
                 since: Instant::now(),
             });
         slot.figures.idle.inc();
@@ -389,9 +435,22 @@ impl Lease {
 impl Drop for Lease {
     /// Not given back: the connection closes with its sender.
     fn drop(&mut self) {
+        self.driver = None;
         if self.sender.take().is_some() {
             self.slot.figures.in_use.dec();
             self.slot.closed();
+        }
+    }
+}
+
+/// Lets the connection read and write what it can; one that has ended is let go.
+fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
+    if let Some(running) = driver {
+        if let Poll::Ready(ended) = running.as_mut().poll(cx) {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+            *driver = None;
         }
     }
 }
@@ -430,6 +489,9 @@ impl http_body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(lease) = self.lease.as_mut() {
+            drive(&mut lease.driver, cx);
+        }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.give_back_if_ended(),
