@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     };
     // `--listen` given to `health` or `status` names the proxy to ask.
     let listen_flag = cli.listen.is_some().then_some(config.listen);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("forge-vram-proxy: cannot start the async runtime: {e}");
@@ -133,6 +133,17 @@ fn main() -> ExitCode {
 }
 
 /// `gpus`: what NVML sees, or why it cannot.
+/// The async runtime: one thread per CPU the process may use; on one CPU, a runtime of
+/// one thread with no work-stealing machinery, which costs less per task switch.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut builder = match cpus {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
+}
+
 fn gpus(runtime: &tokio::runtime::Runtime, config: &Config) -> ExitCode {
     let library = config.nvml_library.clone();
     let listed = runtime.block_on(async move {

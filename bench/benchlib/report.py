@@ -173,7 +173,7 @@ def decisions(r: dict) -> str:
 def targets_table(results: dict) -> str:
     rows = [[t["scenario"], t["target"], _met(t["met"]), _x(t["ratio"]) if t["ratio"] is not None else "–",
              t["measured"] + (f" ({t['note']})" if t["note"] else "")] for t in results["targets"]]
-    return "### Targets (issue 5)\n\n" + _table(["", "target", "result", "ratio", "measured"], rows)
+    return "### Targets (issues 5 and 14)\n\n" + _table(["", "target", "result", "ratio", "measured"], rows)
 
 
 SECTIONS = {"small": small, "big": big, "nothing": nothing, "idle": idle, "decisions": decisions}

@@ -80,6 +80,8 @@ struct Activity {
     closed: CancellationToken,
     /// A response switched protocols: the socket belongs to the tunnel from then on.
     upgraded: AtomicBool,
+    /// hyper is being closed to park the connection: its socket is not to be shut down.
+    parking: AtomicBool,
 }
 
 /// A request in flight this long is watched for its client closing its side.
@@ -89,6 +91,11 @@ const WATCH_AFTER: Duration = Duration::from_millis(200);
 const WATCH_PAUSE: Duration = Duration::from_millis(100);
 
 const NONE: u64 = u64::MAX;
+
+/// A connection idle this long is parked ([`Parked`]): long enough that a client sending
+/// request after request (a load, a poll loop) keeps hyper's state, short enough that many
+/// clients opening connections at once do not hold it all.
+const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// Why a connection was closed before its client closed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +118,30 @@ impl Activity {
             changed: Notify::new(),
             closed: CancellationToken::new(),
             upgraded: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+        }
+    }
+
+    /// When the connection is to be parked: [`PARK_AFTER`] idle after a request answered
+    /// since `served_before` with no byte of the next read; `None` while it may not be.
+    fn park_at<S: Parkable>(&self, served_before: u64) -> Option<Instant> {
+        let parkable = S::PARKS
+            && self.is_quiet()
+            && self.served.load(Ordering::Acquire) > served_before
+            && self.head_since_ms.load(Ordering::Acquire) == NONE
+            && !self.upgraded.load(Ordering::Acquire);
+        parkable.then(|| self.at(self.idle_since_ms.load(Ordering::Acquire)) + PARK_AFTER)
+    }
+
+    /// Whether the connection's deadline has passed (not moved meanwhile by a head
+    /// beginning or a request coming): then it is closed.
+    fn expired(&self, timeouts: &Timeouts, peer: SocketAddr) -> bool {
+        match self.deadline(timeouts) {
+            Some((at, why)) if at <= Instant::now() => {
+                tracing::debug!(client = %peer, ?why, "closing the connection: timed out");
+                true
+            }
+            _ => false,
         }
     }
 
@@ -203,6 +234,23 @@ pub async fn serve(
     let Some(acceptor) = tls else {
         return drive(stream, watch, peer, proxy, timeouts, stopping).await;
     };
+    // Boxed: a TLS connection's state is five times a plain one's, which every connection's
+    // task would otherwise carry.
+    Box::pin(serve_tls(
+        acceptor, stream, watch, peer, proxy, timeouts, stopping,
+    ))
+    .await
+}
+
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    watch: Watch,
+    peer: SocketAddr,
+    proxy: Proxy,
+    timeouts: Timeouts,
+    stopping: CancellationToken,
+) {
     // The handshake is part of the head: it gets `client_header` too, and shutdown ends it.
     let limit = timeouts
         .client_header
@@ -221,64 +269,46 @@ pub async fn serve(
 /// With `timeouts.client_header` off, a TLS handshake still ends after this.
 const HANDSHAKE_WITHOUT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn drive<S>(
+/// Serves the connection: HTTP with hyper while requests come, parked between them
+/// ([`Parked`]), until the client closes it, a timeout or shutdown ends it.
+async fn drive<S: Parkable>(
     stream: S,
     mut watch: Watch,
     peer: SocketAddr,
     proxy: Proxy,
     timeouts: Timeouts,
     stopping: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let activity = Arc::new(Activity::new());
-    let io = Watched {
+    let mut io = Watched {
         inner: stream,
         activity: activity.clone(),
+        unread: Bytes::new(),
     };
-    let service = ClientService {
+    let mut service = ClientService {
         proxy,
         peer,
         activity: activity.clone(),
         body_idle: timeouts.client_body_idle,
     };
-    let connection = http1::Builder::new()
-        .half_close(true)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    let mut shutting_down = false;
-    let served = loop {
-        let expires = until(activity.deadline(&timeouts).map(|(at, _)| at));
-        let watch_from = activity.watch_from().filter(|_| watch.possible());
-        let client_closes = client_closes(&mut watch, watch_from);
-        tokio::select! {
-            served = connection.as_mut() => break served,
-            () = expires => {
-                // Still expired now (no head began, no request came meanwhile): close.
-                if let Some((at, why)) = activity.deadline(&timeouts) {
-                    if at <= Instant::now() {
-                        tracing::debug!(client = %peer, ?why, "closing the connection: timed out");
-                        return;
-                    }
-                }
-            }
-            () = activity.changed.notified() => {}
-            () = client_closes => {
-                tracing::debug!(client = %peer, "the client closed its side with a request in flight");
-                activity.closed.cancel();
-            }
-            () = stopping.cancelled(), if !shutting_down => {
-                if activity.is_quiet() {
+    let mut link = Link {
+        activity: &activity,
+        watch: &mut watch,
+        peer,
+        timeouts: &timeouts,
+        stopping: &stopping,
+    };
+    loop {
+        match link.serve(io, service).await {
+            Served::Ended => break,
+            Served::Closed => return,
+            Served::Parked(parked) => {
+                (io, service) = (parked.io, parked.service);
+                if io.unread.is_empty() && !link.wait_for_bytes(&io).await {
                     return;
                 }
-                connection.as_mut().graceful_shutdown();
-                shutting_down = true;
             }
         }
-    };
-    if let Err(e) = served {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
     if !activity.upgraded.load(Ordering::Acquire) {
         if let Some(socket) = watch.socket() {
@@ -287,6 +317,152 @@ async fn drive<S>(
                 () = stopping.cancelled() => {}
             }
         }
+    }
+}
+
+/// What a connection's serving needs besides its socket and service.
+struct Link<'a> {
+    activity: &'a Arc<Activity>,
+    watch: &'a mut Watch,
+    peer: SocketAddr,
+    timeouts: &'a Timeouts,
+    stopping: &'a CancellationToken,
+}
+
+/// How a stretch of HTTP on a connection ended.
+enum Served<S> {
+    /// The connection is over; its close is staged ([`linger`]).
+    Ended,
+    /// Closed at once: timed out, or shutdown with nothing in flight.
+    Closed,
+    /// Idle: hyper's state is let go, the socket kept.
+    Parked(Parked<S>),
+}
+
+/// An idle connection without hyper's state: a hyper connection holds two 8 KiB buffers
+/// (read and write) whether or not a request comes, about 18 KiB in all per connection;
+/// parked, a connection keeps its socket, its service and whatever bytes hyper had read
+/// and not used, and a new hyper connection takes them when the client's next bytes come.
+struct Parked<S> {
+    io: Watched<S>,
+    service: ClientService,
+}
+
+type HyperConnection<S> =
+    hyper::server::conn::http1::UpgradeableConnection<TokioIo<Watched<S>>, ClientService>;
+
+impl Link<'_> {
+    /// Serves with hyper until the connection ends or, idle, is parked.
+    async fn serve<S: Parkable>(&mut self, io: Watched<S>, service: ClientService) -> Served<S> {
+        let activity = self.activity;
+        let mut connection: Pin<Box<HyperConnection<S>>> = Box::pin(
+            http1::Builder::new()
+                .half_close(true)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let mut shutting_down = false;
+        // Parked again only after answering a request: the one whose bytes woke it.
+        let served_before = activity.served.load(Ordering::Acquire);
+        let served = loop {
+            let park_at = activity
+                .park_at::<S>(served_before)
+                .filter(|_| !shutting_down);
+            if park_at.is_some_and(|at| at <= Instant::now()) {
+                // hyper closes an idle connection at once; its socket stays open.
+                activity.parking.store(true, Ordering::Release);
+                connection.as_mut().graceful_shutdown();
+                shutting_down = true;
+                continue;
+            }
+            let deadline = activity.deadline(self.timeouts).map(|(at, _)| at);
+            let expires = until(deadline.into_iter().chain(park_at).min());
+            let watch_from = activity.watch_from().filter(|_| self.watch.possible());
+            let client_closes = client_closes(self.watch, watch_from);
+            tokio::select! {
+                served = connection.as_mut() => break served,
+                () = expires => {
+                    if activity.expired(self.timeouts, self.peer) {
+                        return Served::Closed;
+                    }
+                }
+                () = activity.changed.notified() => {}
+                () = client_closes => {
+                    tracing::debug!(client = %self.peer, "the client closed its side with a request in flight");
+                    activity.closed.cancel();
+                }
+                () = self.stopping.cancelled(), if !shutting_down || activity.parking.load(Ordering::Acquire) => {
+                    if activity.is_quiet() {
+                        return Served::Closed;
+                    }
+                    activity.parking.store(false, Ordering::Release);
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(client = %self.peer, error = %e, "client connection ended with an error");
+        }
+        if !activity.parking.swap(false, Ordering::AcqRel) {
+            return Served::Ended;
+        }
+        let Some(parts) = Pin::into_inner(connection).into_parts() else {
+            return Served::Ended;
+        };
+        let mut io = parts.io.into_inner();
+        // A copy, so that hyper's read buffer (8 KiB, whatever the bytes left in it) goes.
+        io.unread = match parts.read_buf.is_empty() {
+            true => Bytes::new(),
+            false => Bytes::copy_from_slice(&parts.read_buf),
+        };
+        Served::Parked(Parked {
+            io,
+            service: parts.service,
+        })
+    }
+
+    /// Waits, parked, for the client's next bytes: false when the connection is to close
+    /// instead (keep-alive timed out, shutdown).
+    async fn wait_for_bytes<S: Parkable>(&self, io: &Watched<S>) -> bool {
+        loop {
+            let expires = until(self.activity.deadline(self.timeouts).map(|(at, _)| at));
+            tokio::select! {
+                ready = io.inner.readable() => return ready.is_ok(),
+                () = expires => {
+                    if self.activity.expired(self.timeouts, self.peer) {
+                        return false;
+                    }
+                }
+                () = self.stopping.cancelled() => return false,
+            }
+        }
+    }
+}
+
+/// A client's stream, as a parked connection waits on it.
+pub trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether a connection over it may be parked: not over TLS, whose library may hold
+    /// bytes already read from the socket.
+    const PARKS: bool;
+
+    /// Completes when bytes (or the client's close) can be read.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Parkable for TcpStream {
+    const PARKS: bool = true;
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+    const PARKS: bool = false;
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::pending()
     }
 }
 
@@ -399,6 +575,8 @@ async fn closed_by_client(socket: &TcpStream) {
 struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Bytes a parked connection's hyper had read and not used: read first.
+    unread: Bytes,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -407,6 +585,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            self.activity.read_some();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -442,6 +626,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.parking.load(Ordering::Acquire) {
+            // Parked, not closed: the socket stays open for the next request.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

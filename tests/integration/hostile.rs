@@ -1038,3 +1038,76 @@ async fn connections_beyond_max_connections_get_a_503_and_a_freed_slot_serves_th
         .unwrap_or_else(|| panic!("no refusal count in:\n{metrics}"));
     assert!(refusals >= 2, "{refusals}");
 }
+
+/// A keep-alive connection idle for a while gives up hyper's state (its two 8 KiB buffers)
+/// and takes it back when its client sends again: every request is answered, whatever the
+/// pauses between them and wherever they fall.
+#[tokio::test]
+async fn a_keep_alive_connection_answers_every_request_whatever_the_pauses_between_them() {
+    const GET: &[u8] = b"GET /sdapi/v1/progress HTTP/1.1\r\nHost: proxy\r\n\r\n";
+    let sim = sim().await;
+    let proxy = Proxy::start(&sim.url(), "").await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for pause_ms in [0, 200, 5, 300, 60] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        stream.write_all(GET).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert_eq!(answer.status, 200, "after a pause of {pause_ms} ms: {answer:?}");
+        assert!(answer.json()["progress"].is_number(), "{answer:?}");
+    }
+    // A head begun before a pause and finished after it.
+    stream.write_all(PARTIAL_HEAD).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"st: proxy\r\n\r\n").await.unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    // Two requests in one write, then a pause, then a bigger answer.
+    stream.write_all(&[GET, GET].concat()).await.unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream
+        .write_all(b"GET /sdapi/v1/options HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let options = read_answer(&mut stream).await;
+    assert_eq!(options.status, 200);
+    assert!(options.json()["forge_inference_memory"].is_number());
+    // A body after a pause: the request and the body, each in a write of its own.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = br#"{"image": ""}"#;
+    let head = format!(
+        "POST /sdapi/v1/png-info HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(body).await.unwrap();
+    // Forge's own answer to the body it read: an empty image is not one.
+    let answer = read_answer(&mut stream).await;
+    assert_eq!(answer.status, 500, "{answer:?}");
+    assert_eq!(answer.json()["detail"], "Invalid encoded image");
+    // Still the one connection, still open.
+    stream.write_all(GET).await.unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_keep_alive() {
+    let sim = sim().await;
+    let proxy = Proxy::start(&sim.url(), "[timeouts]\nkeep_alive = \"1s\"\n").await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /sdapi/v1/progress HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), closed(&mut stream))
+        .await
+        .expect("closed after keep_alive");
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "closed {after:?} after its last answer"
+    );
+}
