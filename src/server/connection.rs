@@ -293,6 +293,7 @@ async fn drive<S: Parkable>(
     };
     let mut link = Link {
         activity: &activity,
+        alarm: Alarm::new(),
         watch: &mut watch,
         peer,
         timeouts: &timeouts,
@@ -323,6 +324,7 @@ async fn drive<S: Parkable>(
 /// What a connection's serving needs besides its socket and service.
 struct Link<'a> {
     activity: &'a Arc<Activity>,
+    alarm: Alarm,
     watch: &'a mut Watch,
     peer: SocketAddr,
     timeouts: &'a Timeouts,
@@ -376,12 +378,15 @@ impl Link<'_> {
                 continue;
             }
             let deadline = activity.deadline(self.timeouts).map(|(at, _)| at);
-            let expires = until(deadline.into_iter().chain(park_at).min());
             let watch_from = activity.watch_from().filter(|_| self.watch.possible());
-            let client_closes = client_closes(self.watch, watch_from);
+            let now = Instant::now();
+            let watching = watch_from.is_some_and(|at| at <= now);
+            let next = [deadline, park_at, watch_from.filter(|_| !watching)];
+            self.alarm.want(next.into_iter().flatten().min());
+            let client_closes = client_closes(self.watch, watching);
             tokio::select! {
                 served = connection.as_mut() => break served,
-                () = expires => {
+                () = self.alarm.rung() => {
                     if activity.expired(self.timeouts, self.peer) {
                         return Served::Closed;
                     }
@@ -424,12 +429,13 @@ impl Link<'_> {
 
     /// Waits, parked, for the client's next bytes: false when the connection is to close
     /// instead (keep-alive timed out, shutdown).
-    async fn wait_for_bytes<S: Parkable>(&self, io: &Watched<S>) -> bool {
+    async fn wait_for_bytes<S: Parkable>(&mut self, io: &Watched<S>) -> bool {
         loop {
-            let expires = until(self.activity.deadline(self.timeouts).map(|(at, _)| at));
+            self.alarm
+                .want(self.activity.deadline(self.timeouts).map(|(at, _)| at));
             tokio::select! {
                 ready = io.inner.readable() => return ready.is_ok(),
-                () = expires => {
+                () = self.alarm.rung() => {
                     if self.activity.expired(self.timeouts, self.peer) {
                         return false;
                     }
@@ -466,21 +472,49 @@ impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// Completes at `at`; never without one.
-async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// A connection's one timer, for whichever of its deadlines comes first (head, keep-alive,
+/// parking, the watch of a request in flight). It is armed again only for a time earlier
+/// than the one it is armed for: on a busy connection every request moves the deadlines,
+/// and registering a timer for each would cost every request; one that rings early is
+/// looked at and armed again.
+struct Alarm {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Alarm {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
+            armed: None,
+        }
+    }
+
+    /// Rings at `at` at the latest.
+    fn want(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            if self.armed.is_none_or(|armed| at < armed) {
+                self.sleep.as_mut().reset(at);
+                self.armed = Some(at);
+            }
+        }
+    }
+
+    /// Completes when the time armed comes; never while not armed.
+    async fn rung(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }
 
-/// Completes when the client closes its side, watched from `from` on; never without a
-/// watch.
-async fn client_closes(watch: &mut Watch, from: Option<Instant>) {
-    let Some(from) = from else {
+/// Completes when the client closes its side, while `watching`; never otherwise.
+async fn client_closes(watch: &mut Watch, watching: bool) {
+    if !watching {
         return std::future::pending().await;
-    };
-    tokio::time::sleep_until(from).await;
+    }
     match watch.socket() {
         Some(socket) => closed_by_client(socket).await,
         None => std::future::pending().await,

@@ -1052,7 +1052,10 @@ async fn a_keep_alive_connection_answers_every_request_whatever_the_pauses_betwe
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         stream.write_all(GET).await.unwrap();
         let answer = read_answer(&mut stream).await;
-        assert_eq!(answer.status, 200, "after a pause of {pause_ms} ms: {answer:?}");
+        assert_eq!(
+            answer.status, 200,
+            "after a pause of {pause_ms} ms: {answer:?}"
+        );
         assert!(answer.json()["progress"].is_number(), "{answer:?}");
     }
     // A head begun before a pause and finished after it.
