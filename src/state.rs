@@ -88,8 +88,11 @@ impl AppState {
             stop: stopping.clone(),
         };
         let metrics = Metrics::new();
-        let forwarder =
-            Forwarder::new(&config, tunnels, metrics.clone()).map_err(std::io::Error::other)?;
+        let forwarder = Forwarder::new(&config, tunnels, {
+            let metrics = metrics.clone();
+            Arc::new(move |url: &str| metrics.backend_connections(url))
+        })
+        .map_err(std::io::Error::other)?;
         let scheduler = Scheduler::new(config.clone(), metrics.clone());
         let inspect_budget = InspectBudget::new(config.max_inspected_total);
         Ok(Self(Arc::new(Shared {

@@ -19,6 +19,7 @@ use prometheus_client::registry::{Metric, Registry};
 
 use crate::backend::vram::ReadingSource;
 use crate::decide::plan::{Outcome, Why};
+use crate::forward::pool::ConnectionFigures;
 
 /// The `Content-Type` to serve [`Metrics::render`]'s text with: the Prometheus text
 /// format, version 0.0.4.
@@ -99,29 +100,6 @@ struct ConnectionStateLabels {
 struct ConnectionDroppedLabels {
     backend: String,
     reason: &'static str,
-}
-
-/// One backend's connection-pool figures: handles on its series, taken once when the
-/// pool is made, so the pool records with no lookup or allocation per request.
-#[derive(Clone, Debug)]
-pub struct ConnectionFigures {
-    pub idle: Gauge,
-    pub in_use: Gauge,
-    pub opened: Counter,
-    pub reused: Counter,
-    pub retried: Counter,
-    pub dropped_closed: Counter,
-    pub dropped_expired: Counter,
-}
-
-impl ConnectionFigures {
-    /// An idle connection left the pool: `closed` by its backend, or `expired`.
-    pub fn dropped(&self, why: &'static str) {
-        match why {
-            "expired" => self.dropped_expired.inc(),
-            _ => self.dropped_closed.inc(),
-        };
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

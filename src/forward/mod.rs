@@ -27,18 +27,17 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::metrics::Metrics;
 use crate::config::{BackendConfig, BackendTls, Config};
 
 use client_body::ClientBodyError;
-use pool::{Pool, SendError};
+use pool::{Figures, Pool, SendError};
 
 /// The connection pool, shared by every request.
 #[derive(Clone)]
 pub struct Forwarder {
     link: Arc<ArcSwap<Link>>,
     tunnels: upgrade::Tunnels,
-    metrics: Metrics,
+    figures: Figures,
 }
 
 /// What a reload may change: the pool (its connect timeout, the backends, their TLS, the
@@ -53,11 +52,11 @@ struct Link {
 type MadeFrom = (Option<Duration>, usize, Vec<(String, BackendTls)>);
 
 impl Link {
-    fn new(config: &Config, metrics: &Metrics) -> Result<Self, String> {
+    fn new(config: &Config, figures: &Figures) -> Result<Self, String> {
         let pool = Arc::new(Pool::new(
             config,
             tls::Connector::new(config)?,
-            metrics.clone(),
+            figures.clone(),
         ));
         pool::keep_swept(&pool);
         Ok(Link {
@@ -95,12 +94,12 @@ impl Forwarder {
     pub fn new(
         config: &Config,
         tunnels: upgrade::Tunnels,
-        metrics: Metrics,
+        figures: Figures,
     ) -> Result<Self, String> {
         Ok(Self {
-            link: Arc::new(ArcSwap::from_pointee(Link::new(config, &metrics)?)),
+            link: Arc::new(ArcSwap::from_pointee(Link::new(config, &figures)?)),
             tunnels,
-            metrics,
+            figures,
         })
     }
 
@@ -118,7 +117,7 @@ impl Forwarder {
             }
             return Ok(());
         }
-        self.link.store(Arc::new(Link::new(config, &self.metrics)?));
+        self.link.store(Arc::new(Link::new(config, &self.figures)?));
         Ok(())
     }
 

@@ -42,11 +42,48 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::Service;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::tls;
-use crate::admin::metrics::{ConnectionFigures, Metrics};
 use crate::config::{BackendConfig, Config};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a backend's [`ConnectionFigures`] come from, by its URL: the proxy's metrics.
+pub type Figures = Arc<dyn Fn(&str) -> ConnectionFigures + Send + Sync>;
+
+/// One backend's connection figures: handles on its series in the proxy's metrics, taken
+/// once when the pool is made, so the pool records with no lookup or allocation per
+/// request.
+#[derive(Clone, Debug)]
+pub struct ConnectionFigures {
+    pub idle: Gauge,
+    pub in_use: Gauge,
+    pub opened: Counter,
+    pub reused: Counter,
+    pub retried: Counter,
+    pub dropped_closed: Counter,
+    pub dropped_expired: Counter,
+}
+
+/// Why an idle connection left the pool without being used again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// Its backend closed it (it was stale).
+    Closed,
+    /// Idle past [`IDLE_EXPIRY`].
+    Expired,
+}
+
+impl ConnectionFigures {
+    fn dropped(&self, why: Dropped) {
+        match why {
+            Dropped::Closed => self.dropped_closed.inc(),
+            Dropped::Expired => self.dropped_expired.inc(),
+        };
+    }
+}
 
 /// What reads and writes a connection (hyper's `Connection` with upgrades, whose type is
 /// not nameable): polled by the request on it.
@@ -61,7 +98,7 @@ pub struct Pool {
     slots: Vec<Arc<Slot>>,
     connector: tls::Connector,
     max_per_backend: usize,
-    metrics: Metrics,
+    figures: Figures,
 }
 
 /// One backend's connections.
@@ -115,18 +152,18 @@ struct Lease {
 }
 
 impl Pool {
-    pub fn new(config: &Config, connector: tls::Connector, metrics: Metrics) -> Self {
+    pub fn new(config: &Config, connector: tls::Connector, figures: Figures) -> Self {
         let max = config.backend_connections;
         let slots = config
             .backends
             .iter()
-            .map(|backend| Arc::new(Slot::new(backend, max, &metrics)))
+            .map(|backend| Arc::new(Slot::new(backend, max, &figures)))
             .collect();
         Self {
             slots,
             connector,
             max_per_backend: max,
-            metrics,
+            figures,
         }
     }
 
@@ -167,7 +204,7 @@ impl Pool {
     fn slot(&self, backend: &BackendConfig) -> Arc<Slot> {
         match self.slots.iter().find(|slot| slot.url == backend.url) {
             Some(slot) => slot.clone(),
-            None => Arc::new(Slot::new(backend, self.max_per_backend, &self.metrics)),
+            None => Arc::new(Slot::new(backend, self.max_per_backend, &self.figures)),
         }
     }
 
@@ -259,7 +296,7 @@ pub fn keep_swept(pool: &Arc<Pool>) {
 }
 
 impl Slot {
-    fn new(backend: &BackendConfig, max: usize, metrics: &Metrics) -> Self {
+    fn new(backend: &BackendConfig, max: usize, figures: &Figures) -> Self {
         let origin = Uri::builder()
             .scheme(backend.scheme.clone())
             .authority(backend.authority.clone())
@@ -273,7 +310,7 @@ impl Slot {
             open: AtomicUsize::new(0),
             max,
             freed: Notify::new(),
-            figures: metrics.backend_connections(&backend.url),
+            figures: figures(&backend.url),
         }
     }
 
@@ -288,7 +325,7 @@ impl Slot {
     /// `idle` as a lease when it is still open, unexpired and ready.
     async fn reuse(self: &Arc<Self>, mut idle: Idle) -> Option<Lease> {
         if idle.since.elapsed() >= IDLE_EXPIRY {
-            self.dropped(idle, "expired");
+            self.dropped(idle, Dropped::Expired);
             return None;
         }
         // Ready at once, unless its connection has yet to see the last response's end.
@@ -299,7 +336,7 @@ impl Slot {
             idle.sender.poll_ready(cx).map(|ready| ready.is_ok())
         });
         if !ready.await {
-            self.dropped(idle, "closed");
+            self.dropped(idle, Dropped::Closed);
             return None;
         }
         self.figures.reused.inc();
@@ -312,7 +349,7 @@ impl Slot {
         })
     }
 
-    fn dropped(&self, idle: Idle, why: &'static str) {
+    fn dropped(&self, idle: Idle, why: Dropped) {
         drop(idle);
         self.figures.dropped(why);
         self.closed();
@@ -334,7 +371,7 @@ impl Slot {
     }
 
     fn sweep(&self) {
-        let gone: Vec<(Idle, &'static str)> = {
+        let gone: Vec<(Idle, Dropped)> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.is_empty() {
                 return;
@@ -345,9 +382,9 @@ impl Slot {
             let mut gone = Vec::new();
             for mut connection in idle.drain(..) {
                 if connection.closed(&mut cx) {
-                    gone.push((connection, "closed"));
+                    gone.push((connection, Dropped::Closed));
                 } else if connection.since.elapsed() >= IDLE_EXPIRY {
-                    gone.push((connection, "expired"));
+                    gone.push((connection, Dropped::Expired));
                 } else {
                     kept.push(connection);
                 }
@@ -415,7 +452,7 @@ impl Lease {
         let slot = &self.slot;
         slot.figures.in_use.dec();
         let Some(driver) = driver.filter(|_| !sender.is_closed()) else {
-            slot.figures.dropped("closed");
+            slot.figures.dropped(Dropped::Closed);
             slot.closed();
             return;
         };
@@ -615,7 +652,9 @@ mod tests {
         ))
         .unwrap();
         let connector = tls::Connector::new(&config).unwrap();
-        let pool = Arc::new(Pool::new(&config, connector, Metrics::new()));
+        let metrics = crate::admin::metrics::Metrics::new();
+        let figures: Figures = Arc::new(move |url| metrics.backend_connections(url));
+        let pool = Arc::new(Pool::new(&config, connector, figures));
         keep_swept(&pool);
         (pool, config.backends[0].clone())
     }
