@@ -19,6 +19,10 @@
 //! client still sends after the proxy's last answer is read and dropped for a while, so an
 //! answer given before a body was read (a 503 `Busy`, a 413) is not lost to a reset.
 //!
+//! A plain-HTTP connection idle for [`PARK_AFTER`] is parked ([`Parked`]): hyper's state
+//! (its buffers) goes, the socket stays, and hyper takes it up again, with whatever bytes
+//! it had read and not used, when the client sends again.
+//!
 //! The connection's [`Activity`] tells them apart: bytes read while no request is in
 //! flight start a head; a request handed to the proxy is in flight until its response has
 //! been written (or dropped). On shutdown a connection with nothing in flight (idle, or
