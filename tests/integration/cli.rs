@@ -347,6 +347,22 @@ fn health_finds_a_proxy_whose_address_was_in_its_config_file_and_the_file_goes_a
 
 /// `forge-vram-proxy ARGS` run to its end, without blocking the proxy served in this
 /// process; none of the test process's proxy variables, and a runtime directory of its own.
+/// `forge-vram-proxy status` with `args`: what it printed, once it exited with `code`.
+async fn status_shown(args: &[&str], code: i32) -> String {
+    let argv: Vec<&str> = std::iter::once("status")
+        .chain(args.iter().copied())
+        .collect();
+    let output = run_cli(&argv, &[]).await;
+    let shown = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{shown}{}",
+        text(&output.stderr)
+    );
+    shown
+}
+
 async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let runtime = runtime_dir();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_forge-vram-proxy"));
@@ -378,14 +394,7 @@ async fn status_shows_the_backend_its_profile_and_decision_and_exits_0() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let url = format!("http://{}", proxy.addr);
-    let output = run_cli(&["status", "--url", &url], &[]).await;
-    let shown = text(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{shown}{}",
-        text(&output.stderr)
-    );
+    let shown = status_shown(&["--url", &url], 0).await;
     for expected in [
         format!("forge-vram-proxy {url}: ready, 1 of 1 backends healthy"),
         format!("{}: healthy (", sim.url()),
@@ -421,14 +430,7 @@ async fn status_exits_1_when_the_only_backend_is_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let url = format!("http://{}", proxy.addr);
-    let output = run_cli(&["status", "--url", &url], &[]).await;
-    let shown = text(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{shown}{}",
-        text(&output.stderr)
-    );
+    let shown = status_shown(&["--url", &url], 1).await;
     assert!(
         shown.contains(&format!(
             "forge-vram-proxy {url}: NOT READY, 0 of 1 backends healthy"
@@ -515,14 +517,7 @@ async fn status_needs_a_key_where_keys_are_set_and_shows_other_keys_to_admins_on
         shown.contains("  running  generation flux for ") && shown.contains(", key apps"),
         "{shown}"
     );
-    let output = run_cli(&["status", "--url", &url, "--key", STATUS_READ], &[]).await;
-    let shown = text(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{shown}{}",
-        text(&output.stderr)
-    );
+    let shown = status_shown(&["--url", &url, "--key", STATUS_READ], 0).await;
     assert!(shown.contains("  running  generation flux for "), "{shown}");
     assert!(!shown.contains("key apps"), "{shown}");
     assert_eq!(generation.await.unwrap().unwrap().status(), 200);

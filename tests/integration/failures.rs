@@ -193,14 +193,7 @@ async fn client_memory_options_are_stripped_by_default_refused_or_honoured_as_co
         .await
         .unwrap();
     assert_eq!(posted.status(), StatusCode::OK);
-    let options: Value = client()
-        .get(format!("{}/sdapi/v1/options", sim.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let options: Value = get_json(format!("{}/sdapi/v1/options", sim.url())).await;
     assert_eq!(
         options["jpeg_quality"], 77.0,
         "Forge answers number options as floats"

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::support::{client, sim, sim_with, ProxyProcess};
+use crate::support::{client, get_json, sim, sim_with, ProxyProcess};
 
 const GIB: u64 = 1 << 30;
 /// Resident memory the proxy may reach while a GiB streams through it.
@@ -136,14 +136,7 @@ async fn sigterm_lets_a_running_generation_finish_then_exits_zero() {
     // Wait until Forge is really generating.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let progress: Value = client()
-            .get(format!("{}/sdapi/v1/progress", sim.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let progress: Value = get_json(format!("{}/sdapi/v1/progress", sim.url())).await;
         if progress["state"]["job_count"].as_u64().unwrap_or(0) > 0 {
             break;
         }

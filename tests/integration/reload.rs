@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{client, get_json_as, journal_of, sim_with, ProxyProcess, SD15};
+use crate::support::{client, get_json, get_json_as, journal_of, sim_with, ProxyProcess, SD15};
 
 /// A folder for one test's files, removed when dropped.
 struct Dir(PathBuf);
@@ -129,14 +129,7 @@ async fn metric(proxy: &ProxyProcess, key: &str, line_start: &str) -> String {
 async fn until_forge_runs_one(sim: &forge_sim::SimServer) {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let progress: Value = client()
-            .get(format!("{}/sdapi/v1/progress", sim.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let progress: Value = get_json(format!("{}/sdapi/v1/progress", sim.url())).await;
         if progress["state"]["job_count"].as_i64().unwrap_or(0) > 0 {
             return;
         }
@@ -146,6 +139,17 @@ async fn until_forge_runs_one(sim: &forge_sim::SimServer) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A txt2img of `steps` steps sent with the key `key-one`.
+async fn generate(url: String, steps: u32) -> reqwest::Result<reqwest::Response> {
+    client()
+        .post(url)
+        .bearer_auth("key-one")
+        .header("content-type", "application/json")
+        .body(txt2img(steps))
+        .send()
+        .await
 }
 
 fn txt2img(steps: u32) -> String {
@@ -186,18 +190,7 @@ async fn sighup_changes_keys_and_profiles_under_a_running_generation_and_a_bad_f
         200
     );
 
-    let running = {
-        let url = proxy.url("/sdapi/v1/txt2img");
-        tokio::spawn(async move {
-            client()
-                .post(url)
-                .bearer_auth("key-one")
-                .header("content-type", "application/json")
-                .body(txt2img(40))
-                .send()
-                .await
-        })
-    };
+    let running = tokio::spawn(generate(proxy.url("/sdapi/v1/txt2img"), 40));
     until_forge_runs_one(&sim).await;
 
     std::fs::write(&key_file, "key-two\n").unwrap();
@@ -303,18 +296,7 @@ async fn a_removed_backend_finishes_its_generation_and_a_new_one_takes_the_next(
     let file = dir.write("config.toml", &config(&[first.url()], &key_file, 3000));
     let proxy = ProxyProcess::start(&["--config", file.to_str().unwrap()]);
 
-    let running = {
-        let url = proxy.url("/sdapi/v1/txt2img");
-        tokio::spawn(async move {
-            client()
-                .post(url)
-                .bearer_auth("key-one")
-                .header("content-type", "application/json")
-                .body(txt2img(40))
-                .send()
-                .await
-        })
-    };
+    let running = tokio::spawn(generate(proxy.url("/sdapi/v1/txt2img"), 40));
     until_forge_runs_one(&first).await;
     std::fs::write(&file, config(&[second.url()], &key_file, 3000)).unwrap();
     proxy.signal("HUP");
@@ -345,14 +327,7 @@ async fn a_removed_backend_finishes_its_generation_and_a_new_one_takes_the_next(
     // Once its first health check has passed, the new backend takes the next generation.
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready: Value = client()
-            .get(proxy.url("/proxy/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: Value = get_json(proxy.url("/proxy/ready")).await;
         if ready["status"] == "ready" {
             assert_eq!(ready["backends"].as_array().unwrap().len(), 1, "{ready}");
             assert_eq!(ready["backends"][0]["url"], second.url());
@@ -364,14 +339,7 @@ async fn a_removed_backend_finishes_its_generation_and_a_new_one_takes_the_next(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let next = client()
-        .post(proxy.url("/sdapi/v1/txt2img"))
-        .bearer_auth("key-one")
-        .header("content-type", "application/json")
-        .body(txt2img(2))
-        .send()
-        .await
-        .unwrap();
+    let next = generate(proxy.url("/sdapi/v1/txt2img"), 2).await.unwrap();
     assert_eq!(next.status(), StatusCode::OK);
     assert_eq!(journal_of(&second, "generation").len(), 1);
     assert_eq!(journal_of(&first, "generation").len(), 1);

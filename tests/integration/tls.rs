@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
-use crate::support::{client, journal_of, sim, txt2img_with, Proxy, ProxyProcess, SD15};
+use crate::support::{client, get_json, journal_of, sim, txt2img_with, Proxy, ProxyProcess, SD15};
 
 /// A certificate authority and a server certificate it signed for `localhost` and
 /// 127.0.0.1, as PEM files in a folder of their own.
@@ -173,14 +173,7 @@ async fn an_https_backend_is_reached_through_its_tls_ca_file() {
         .await
         .unwrap();
     assert_eq!(options.status(), StatusCode::OK);
-    let status: Value = client()
-        .get(proxy.url("/proxy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(proxy.url("/proxy/status")).await;
     assert_eq!(status["backends"][0]["healthy"], true);
     assert_eq!(status["backends"][0]["credentials"], "accepted");
 }
@@ -197,14 +190,7 @@ async fn an_https_backend_with_a_certificate_nobody_trusts_is_refused_unless_tol
     let checked = Proxy::start(&url, "").await;
     let until = Instant::now() + Duration::from_secs(10);
     let health = loop {
-        let status: Value = client()
-            .get(checked.url("/proxy/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = get_json(checked.url("/proxy/status")).await;
         if status["backends"][0]["healthy"] == false {
             break status["backends"][0]["health"].as_str().unwrap().to_owned();
         }
