@@ -176,22 +176,20 @@ impl Pool {
         mut request: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         let slot = self.slot(backend);
-        let mut fresh_only = false;
+        let mut fresh = false;
         loop {
-            let mut lease = match fresh_only {
-                false => self.checkout(&slot).await?,
-                true => self.connect(&slot).await?,
-            };
+            let mut lease = self.checkout(&slot, fresh).await?;
             match lease.exchange(request).await {
                 Ok(response) => return Ok(lease.answered(response)),
                 Err(mut failed) => match failed.take_message() {
                     // Nothing was written: the request is whole, and goes on a fresh
-                    // connection when this one came from the pool.
-                    Some(unsent) if lease.reused && !fresh_only => {
+                    // connection when this one came from the pool (a fresh one is never
+                    // `reused`: at most one retry).
+                    Some(unsent) if lease.reused => {
                         tracing::debug!(backend = %slot.url, error = %failed.error(), "pooled connection closed before the request was written: sending it on a fresh one");
                         slot.figures.retried.inc();
                         request = unsent;
-                        fresh_only = true;
+                        fresh = true;
                     }
                     _ => return Err(SendError::Request(failed.into_error())),
                 },
@@ -208,10 +206,11 @@ impl Pool {
         }
     }
 
-    /// The most recently returned idle connection still open and ready, or else a new one.
-    async fn checkout(&self, slot: &Arc<Slot>) -> Result<Lease, SendError> {
+    /// The most recently returned idle connection still open and ready, or else a new one;
+    /// only a new one when `fresh` (an idle one then gives its place up at the bound).
+    async fn checkout(&self, slot: &Arc<Slot>, fresh: bool) -> Result<Lease, SendError> {
         loop {
-            while let Some(idle) = slot.take_idle() {
+            while let Some(idle) = (!fresh).then(|| slot.take_idle()).flatten() {
                 if let Some(lease) = slot.reuse(idle).await {
                     return Ok(lease);
                 }
@@ -222,19 +221,7 @@ impl Pool {
                 // Boxed: opening a connection is rare, and its future large.
                 return Box::pin(self.connected(slot)).await;
             }
-            freed.await;
-        }
-    }
-
-    /// A new connection, whatever the pool holds; at the bound, once one is freed.
-    async fn connect(&self, slot: &Arc<Slot>) -> Result<Lease, SendError> {
-        loop {
-            let freed = slot.freed.notified();
-            if slot.reserve() {
-                return Box::pin(self.connected(slot)).await;
-            }
-            if let Some(idle) = slot.take_idle() {
-                // At the bound with an idle one: it gives its place to the new one.
+            if let Some(idle) = fresh.then(|| slot.take_idle()).flatten() {
                 drop(idle);
                 slot.closed();
                 continue;

@@ -308,10 +308,12 @@ async fn drive<S: Parkable>(
             Served::Ended => break,
             Served::Closed => return,
             Served::Parked(parked) => {
+                tracing::debug!(client = %peer, "connection parked");
                 (io, service) = (parked.io, parked.service);
                 if io.unread.is_empty() && !link.wait_for_bytes(&io).await {
                     return;
                 }
+                tracing::debug!(client = %peer, "parked connection resumed");
             }
         }
     }
@@ -371,10 +373,11 @@ impl Link<'_> {
         // Parked again only after answering a request: the one whose bytes woke it.
         let served_before = activity.served.load(Ordering::Acquire);
         let served = loop {
+            let now = Instant::now();
             let park_at = activity
                 .park_at::<S>(served_before)
                 .filter(|_| !shutting_down);
-            if park_at.is_some_and(|at| at <= Instant::now()) {
+            if park_at.is_some_and(|at| at <= now) {
                 // hyper closes an idle connection at once; its socket stays open.
                 activity.parking.store(true, Ordering::Release);
                 connection.as_mut().graceful_shutdown();
@@ -383,7 +386,6 @@ impl Link<'_> {
             }
             let deadline = activity.deadline(self.timeouts).map(|(at, _)| at);
             let watch_from = activity.watch_from().filter(|_| self.watch.possible());
-            let now = Instant::now();
             let watching = watch_from.is_some_and(|at| at <= now);
             let next = [deadline, park_at, watch_from.filter(|_| !watching)];
             self.alarm.want(next.into_iter().flatten().min());

@@ -1046,7 +1046,14 @@ async fn connections_beyond_max_connections_get_a_503_and_a_freed_slot_serves_th
 async fn a_keep_alive_connection_answers_every_request_whatever_the_pauses_between_them() {
     const GET: &[u8] = b"GET /sdapi/v1/progress HTTP/1.1\r\nHost: proxy\r\n\r\n";
     let sim = sim().await;
-    let proxy = Proxy::start(&sim.url(), "").await;
+    let file = config_file(
+        "parking",
+        &format!(
+            "[[backends]]\nurl = \"{}\"\nvram_source = \"backend\"\n\n[log]\nlevel = \"info,forge_vram_proxy::server::connection=debug\"\n",
+            sim.url()
+        ),
+    );
+    let proxy = ProxyProcess::start(&["--config", file.to_str().unwrap()]);
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     for pause_ms in [0, 200, 5, 300, 60] {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
@@ -1092,6 +1099,14 @@ async fn a_keep_alive_connection_answers_every_request_whatever_the_pauses_betwe
     // Still the one connection, still open.
     stream.write_all(GET).await.unwrap();
     assert_eq!(read_answer(&mut stream).await.status, 200);
+    // And it was parked in the longer pauses (200, 300, 200, 200 ms), and taken up again.
+    let log = proxy.log_text();
+    let parked = log.matches("\"connection parked\"").count();
+    let resumed = log.matches("\"parked connection resumed\"").count();
+    assert!(
+        parked >= 4 && resumed >= 4,
+        "parked {parked}, resumed {resumed}:\n{log}"
+    );
 }
 
 #[tokio::test]
